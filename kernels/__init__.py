@@ -1,0 +1,30 @@
+"""Kernels of the generator's hot path, each with a torch reference and one dispatch point.
+
+Public entry points (see `kernels.reference` for the exact maths and shapes):
+`attention`, `rms_norm_rope`, `modulated_layer_norm`, `gated_residual`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import reference
+from .dispatch import mode, pick, use_triton
+
+__all__ = ["attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "reference", "mode", "use_triton"]
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return pick("attention", q, "attention")(q, k, v)
+
+
+def rms_norm_rope(x, weight, cos, sin, num_heads: int, eps: float) -> torch.Tensor:
+    return pick("rms_norm_rope", x, "fused")(x, weight, cos, sin, num_heads, eps)
+
+
+def modulated_layer_norm(x, shift, scale, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
+    return pick("modulated_layer_norm", x, "fused")(x, shift, scale, eps, out_dtype)
+
+
+def gated_residual(x, y, gate=None) -> torch.Tensor:
+    return pick("gated_residual", x, "fused")(x, y, gate)

@@ -1,0 +1,54 @@
+"""One dispatch point for every kernel: Triton on CUDA tensors, the torch reference elsewhere.
+
+`LONGLIVE_KERNELS` forces a path: `torch` (always the reference), `triton` (Triton even on
+CPU tensors, which needs `TRITON_INTERPRET=1`), `auto` (default).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+
+import torch
+
+from . import reference
+
+log = logging.getLogger(__name__)
+
+_MODES = ("auto", "triton", "torch")
+
+
+def mode() -> str:
+    value = os.environ.get("LONGLIVE_KERNELS", "auto").strip().lower() or "auto"
+    if value not in _MODES:
+        raise ValueError(f"LONGLIVE_KERNELS must be one of {', '.join(_MODES)}, not {value!r}")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_module(name: str):
+    try:
+        return importlib.import_module(f"kernels.{name}")
+    except ImportError as exc:  # triton missing: the reference serves
+        log.info("Triton kernels unavailable (%s); using torch references", exc)
+        return None
+
+
+def use_triton(t: torch.Tensor, forced: str | None = None) -> bool:
+    m = forced or mode()
+    if m == "torch":
+        return False
+    if m == "triton":
+        return True
+    return t.is_cuda
+
+
+def pick(kernel: str, t: torch.Tensor, triton_module: str):
+    """The implementation of `kernel` for tensor `t`: a Triton wrapper or the reference."""
+    if use_triton(t):
+        mod = _triton_module(triton_module)
+        if mod is not None and hasattr(mod, kernel):
+            return getattr(mod, kernel)
+    return getattr(reference, kernel)

@@ -1,0 +1,69 @@
+"""Plain-torch references for every kernel: the ground truth the Triton kernels are
+tested against, and the path taken on the CPU.
+
+Shapes used throughout (B batch, L tokens, F frames, H heads, D head size, C = H*D):
+- a token stream is [B, L, C] with L = F * frame_len (frame-major);
+- per-frame modulation vectors are [B, F, C];
+- attention operands are [B, L, H, D] and may be strided views into a larger cache.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Bidirectional softmax(q k^T / sqrt(D)) v over all keys. [B,Lq,H,D] x [B,Lk,H,D] -> [B,Lq,H,D]."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).contiguous()
+
+
+def rms_norm_rope(
+    x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None,
+    num_heads: int, eps: float,
+) -> torch.Tensor:
+    """RMSNorm over the full width C of [B, L, C] (in float32), times `weight`, then RoPE.
+
+    RoPE rotates interleaved channel pairs (x[2i], x[2i+1]) of each head by the angle whose
+    cos/sin are given per token and complex slot: cos, sin are [L, D/2]. With cos None, no
+    rotation (cross-attention queries and keys). Returns [B, L, H, D] in x's dtype.
+    """
+    b, n, c = x.shape
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    xf = xf.to(x.dtype).float() * weight.float()
+    xf = xf.view(b, n, num_heads, c // num_heads)
+    if cos is not None:
+        pairs = xf.unflatten(-1, (-1, 2))
+        a, bb = pairs[..., 0], pairs[..., 1]
+        cs, sn = cos[None, :, None, :], sin[None, :, None, :]
+        xf = torch.stack((a * cs - bb * sn, a * sn + bb * cs), dim=-1).flatten(-2)
+    return xf.to(x.dtype)
+
+
+def _per_token(vec: torch.Tensor, frame_len: int) -> torch.Tensor:
+    """[B, F, C] per-frame vectors -> [B, F*frame_len, C] view-broadcast per token."""
+    b, f, c = vec.shape
+    return vec[:, :, None, :].expand(b, f, frame_len, c).reshape(b, f * frame_len, c)
+
+
+def modulated_layer_norm(
+    x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, eps: float, out_dtype: torch.dtype,
+) -> torch.Tensor:
+    """LayerNorm without affine over C (float32), then * (1 + scale) + shift per frame.
+
+    x: [B, L, C] (float32 residual stream); shift, scale: [B, F, C] float32. Returns out_dtype.
+    """
+    frame_len = x.shape[1] // shift.shape[1]
+    y = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
+    y = y * (1 + _per_token(scale, frame_len)) + _per_token(shift, frame_len)
+    return y.to(out_dtype)
+
+
+def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None = None) -> torch.Tensor:
+    """x + y * gate (per frame), in x's dtype (float32). gate None means no gate."""
+    if gate is None:
+        return x + y.to(x.dtype)
+    frame_len = x.shape[1] // gate.shape[1]
+    return x + y.to(x.dtype) * _per_token(gate, frame_len)

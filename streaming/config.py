@@ -1,0 +1,331 @@
+"""Configuration: one dataclass per section of a `configs/*.yaml` preset.
+
+A preset is read strictly: an unknown key, a wrong type or an impossible size is a
+`ConfigError` whose message names the file and the key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A preset that cannot be used; the message is one sentence for the user."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The causal DiT (Wan2.1-T2V shapes)."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    freq_dim: int = 256
+    text_dim: int = 4096
+    text_len: int = 512
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    rope_theta: float = 10000.0
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    @property
+    def rope_split(self) -> tuple[int, int, int]:
+        """Complex channels per head rotated by (frame, row, column)."""
+        c = self.head_dim // 2
+        return (c - 2 * (c // 3), c // 3, c // 3)
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """The KV window, counted in latent frames."""
+
+    local_attn_size: int = 12
+    sink_size: int = 3
+    global_sink: bool = True
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    denoising_steps: tuple[float, ...] = (1000, 750, 500, 250)
+    shift: float = 5.0
+    warp: bool = True
+    context_noise: float = 0.0
+    num_train_timesteps: int = 1000
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    height: int = 480
+    width: int = 832
+    fps: int = 16
+    frames_per_block: int = 3
+
+
+@dataclass(frozen=True)
+class LoraConfig:
+    alpha: float = 256.0
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    kind: str = "wan"
+    dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+
+    @property
+    def spatial_factor(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_factor(self) -> int:
+        return 2 ** sum(bool(t) for t in self.temporal_downsample)
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    kind: str = "umt5"
+    vocab_size: int = 256384
+    dim: int = 4096
+    dim_attn: int = 4096
+    dim_ffn: int = 10240
+    num_heads: int = 64
+    num_layers: int = 24
+    num_buckets: int = 32
+    shared_pos: bool = False
+    placement: str = "resident"
+    cache_size: int = 64
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    dtype: str = "bfloat16"
+    device: str = "auto"
+    kernels: str = "auto"
+    fp8: bool = False
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "longlive"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    window: WindowConfig = field(default_factory=WindowConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    source: str = "<defaults>"
+
+    # -- derived sizes -------------------------------------------------------
+    @property
+    def latent_height(self) -> int:
+        return self.video.height // self.vae.spatial_factor
+
+    @property
+    def latent_width(self) -> int:
+        return self.video.width // self.vae.spatial_factor
+
+    @property
+    def frame_seq_length(self) -> int:
+        """Tokens per latent frame."""
+        _, ph, pw = self.model.patch_size
+        return (self.latent_height // ph) * (self.latent_width // pw)
+
+    @property
+    def block_frames(self) -> int:
+        return self.video.frames_per_block
+
+    def replace(self, **sections: Any) -> "Config":
+        """A copy with some fields replaced; a dict value updates that section."""
+        updates: dict[str, Any] = {}
+        for key, value in sections.items():
+            current = getattr(self, key)
+            if dataclasses.is_dataclass(current) and isinstance(value, dict):
+                value = dataclasses.replace(current, **value)
+            updates[key] = value
+        out = dataclasses.replace(self, **updates)
+        _validate(out)
+        return out
+
+
+_SECTIONS = {
+    "model": ModelConfig,
+    "window": WindowConfig,
+    "schedule": ScheduleConfig,
+    "video": VideoConfig,
+    "lora": LoraConfig,
+    "vae": VAEConfig,
+    "text": TextConfig,
+    "runtime": RuntimeConfig,
+}
+
+_CHOICES = {
+    ("vae", "kind"): ("wan", "taehv"),
+    ("text", "kind"): ("umt5", "byte"),
+    ("text", "placement"): ("resident", "offload"),
+    ("runtime", "dtype"): ("float32", "bfloat16", "float16"),
+    ("runtime", "kernels"): ("auto", "triton", "torch"),
+}
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check `value` against a dataclass field's type hint, converting lists to tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, not {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{where} must have {len(args)} entries, not {len(value)}")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(hint):
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where} has the wrong type: {value!r}")
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be a whole number, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be text, not {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where} has unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    where = cfg.source
+    m, w, v = cfg.model, cfg.window, cfg.video
+    for (section, key), allowed in _CHOICES.items():
+        value = getattr(getattr(cfg, section), key)
+        if value not in allowed:
+            raise ConfigError(f"{where}: {section}.{key} must be one of {', '.join(allowed)}, not {value!r}")
+    if m.dim % m.num_heads:
+        raise ConfigError(f"{where}: model.dim {m.dim} is not a multiple of model.num_heads {m.num_heads}")
+    if m.head_dim % 2 or m.head_dim < 6:
+        raise ConfigError(f"{where}: the head size model.dim/num_heads = {m.head_dim} must be even and at least 6 (RoPE)")
+    positive = {
+        "model.dim": m.dim, "model.ffn_dim": m.ffn_dim, "model.num_layers": m.num_layers,
+        "model.text_len": m.text_len, "model.freq_dim": m.freq_dim, "video.fps": v.fps,
+        "video.frames_per_block": v.frames_per_block, "window.local_attn_size": w.local_attn_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"{where}: {key} must be positive, not {value}")
+    if m.freq_dim % 2:
+        raise ConfigError(f"{where}: model.freq_dim must be even, not {m.freq_dim}")
+    if not 0 <= w.sink_size < w.local_attn_size:
+        raise ConfigError(f"{where}: window.sink_size must be at least 0 and below local_attn_size ({w.local_attn_size})")
+    if w.local_attn_size - w.sink_size < v.frames_per_block:
+        raise ConfigError(f"{where}: the rolling part of the window (local_attn_size - sink_size = "
+                          f"{w.local_attn_size - w.sink_size}) must hold a block of {v.frames_per_block} frames")
+    s = cfg.schedule
+    if not s.denoising_steps or any(not 0 < t <= s.num_train_timesteps for t in s.denoising_steps):
+        raise ConfigError(f"{where}: schedule.denoising_steps must be timesteps in (0, {s.num_train_timesteps}]")
+    if list(s.denoising_steps) != sorted(s.denoising_steps, reverse=True):
+        raise ConfigError(f"{where}: schedule.denoising_steps must decrease, like [1000, 750, 500, 250]")
+    factor = cfg.vae.spatial_factor * max(m.patch_size[1], m.patch_size[2])
+    if v.height % factor or v.width % factor or v.height <= 0 or v.width <= 0:
+        raise ConfigError(f"{where}: video.height and video.width must be positive multiples of {factor}")
+    if cfg.vae.z_dim != m.in_dim:
+        raise ConfigError(f"{where}: vae.z_dim ({cfg.vae.z_dim}) must equal model.in_dim ({m.in_dim})")
+    if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:
+        raise ConfigError(f"{where}: vae.temporal_downsample needs one entry per stage transition ({len(cfg.vae.dim_mult) - 1})")
+    if cfg.text.kind == "umt5" and cfg.text.dim != m.text_dim:
+        raise ConfigError(f"{where}: text.dim ({cfg.text.dim}) must equal model.text_dim ({m.text_dim})")
+
+
+def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:
+    """Build a validated `Config` from a parsed preset."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of sections (model, window, ...)")
+    top = {f.name for f in dataclasses.fields(Config)} - {"source"}
+    unknown = sorted(set(data) - top)
+    if unknown:
+        raise ConfigError(f"{source} has unknown section(s) {', '.join(unknown)}; known: {', '.join(sorted(top))}")
+    kwargs: dict[str, Any] = {"source": source}
+    for key, value in data.items():
+        if key in _SECTIONS:
+            kwargs[key] = _build(_SECTIONS[key], value, f"{source}: {key}")
+        elif key == "name":
+            kwargs[key] = _coerce(value, str, f"{source}: name")
+        elif key == "seed":
+            kwargs[key] = _coerce(value, int, f"{source}: seed")
+    cfg = Config(**kwargs)
+    _validate(cfg)
+    return cfg
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("configs").iterdir() if p.name.endswith(".yaml"))
+
+
+def load_config(name_or_path: str | Path = "tiny") -> Config:
+    """Load a preset by name (`tiny`, `longlive`) or by path to a YAML file."""
+    text_path = str(name_or_path)
+    path = Path(text_path)
+    if not path.suffix and not path.exists():
+        candidate = resources.files("configs").joinpath(f"{text_path}.yaml")
+        if not candidate.is_file():
+            raise ConfigError(f"no config named {text_path!r}; presets: {', '.join(preset_names())}, or give a path to a .yaml file")
+        raw = candidate.read_text()
+        source = f"configs/{text_path}.yaml"
+    else:
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist")
+        raw = path.read_text()
+        source = str(path)
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source} is not valid YAML{at}") from None
+    return config_from_mapping(data or {}, source)

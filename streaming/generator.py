@@ -1,0 +1,159 @@
+"""The block loop: LongLive's few-step causal sampler, one block of latent frames at a time.
+
+Per block (3 latent frames for LongLive):
+1. pending prompt switch? re-cache the window with the new prompt (see `_recache`);
+2. start from the block's initial noise; for each step t_i of the schedule run the DiT,
+   convert its flow to x0, and (except after the last step) renoise x0 to t_{i+1} with
+   fresh noise;
+3. run the DiT once more on the clean x0 at the context timestep (0) so the window holds
+   clean keys and values for this block; the block's x0 is the output.
+
+The generator is synchronous and owns no thread; the server's engine drives it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .config import Config
+from .dit import CausalDiT, CrossKV
+from .kv_window import WindowSnapshot
+from .noise import INITIAL, NoiseSource, SeededNoise
+from .schedule import Schedule
+
+log = logging.getLogger(__name__)
+
+# trace hook: (kind, block, step, model input, x0) with kind "denoise" | "context" | "recache"
+TraceHook = Callable[[str, int, int, torch.Tensor, torch.Tensor], None]
+
+
+@dataclass
+class GeneratorSnapshot:
+    """Everything needed to continue a stream bit-identically from a block boundary."""
+
+    window: WindowSnapshot
+    history: torch.Tensor | None
+    frame: int
+    block: int
+    prompt_embedding: torch.Tensor
+    prompt: CrossKV
+    pending: tuple[torch.Tensor, CrossKV] | None
+    noise: NoiseSource
+    seed: int
+
+
+class StreamingGenerator:
+    def __init__(self, dit: CausalDiT, cfg: Config, noise: NoiseSource | None = None, batch: int = 1):
+        self.dit, self.cfg, self.batch = dit, cfg, batch
+        self.schedule = Schedule.from_config(cfg.schedule)
+        w = cfg.window
+        self.window = dit.new_window(w.local_attn_size, w.sink_size, cfg.frame_seq_length, batch)
+        self.device = dit.patch_embedding.weight.device
+        self.block_shape = (batch, cfg.block_frames, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
+        self._noise_override = noise
+        self.noise: NoiseSource = noise or SeededNoise(0)
+        self.seed = 0
+        self.trace: TraceHook | None = None
+        # timestep tensors, made once: no host work inside a block
+        f = cfg.block_frames
+        self._t_steps = [torch.full((batch, f), float(t), device=self.device) for t in self.schedule.steps]
+        self._t_context = torch.full((batch, f), self.schedule.context_timestep, device=self.device)
+        self._sigmas = self.schedule.step_sigmas
+        self.prompt_embedding: torch.Tensor | None = None
+        self.prompt: CrossKV | None = None
+        self._pending: tuple[torch.Tensor, CrossKV] | None = None
+        self.history: torch.Tensor | None = None   # the newest clean latents, at most a window's worth
+        self.frame = 0
+        self.block = 0
+
+    # -- control -------------------------------------------------------------
+    def reset(self, prompt_embedding: torch.Tensor, seed: int = 0, noise: NoiseSource | None = None) -> None:
+        """Start a new stream under `prompt_embedding` ([B, text_len, text_dim])."""
+        self.seed = int(seed)
+        self.noise = noise or self._noise_override or SeededNoise(self.seed)
+        self.window.reset()
+        self.prompt_embedding = prompt_embedding
+        self.prompt = self.dit.encode_prompt(prompt_embedding.to(self.device))
+        self._pending = None
+        self.history = None
+        self.frame = self.block = 0
+
+    def switch_prompt(self, prompt_embedding: torch.Tensor) -> None:
+        """Switch to a new prompt at the next block boundary (with the official KV re-cache)."""
+        self._require_started()
+        self._pending = (prompt_embedding, self.dit.encode_prompt(prompt_embedding.to(self.device)))
+
+    @property
+    def switch_pending(self) -> bool:
+        return self._pending is not None
+
+    # -- the loop ------------------------------------------------------------
+    @torch.no_grad()
+    def next_block(self) -> torch.Tensor:
+        """Generate the next block: clean latents [B, frames_per_block, C, h, w] float32."""
+        self._require_started()
+        if self._pending is not None:
+            self._recache(*self._pending)
+            self._pending = None
+        dit, start, block, shape = self.dit, self.frame, self.block, self.block_shape
+        x = self.noise.draw(block, INITIAL, shape, self.device)
+        last = len(self._t_steps) - 1
+        for i, t in enumerate(self._t_steps):
+            flow = dit(x, t, self.prompt, self.window, start)
+            x0 = self.schedule.flow_to_x0(flow, x, self._sigmas[i])
+            if self.trace is not None:
+                self.trace("denoise", block, i, x, x0)
+            if i < last:
+                x = Schedule.renoise(x0, self.noise.draw(block, i, shape, self.device), self._sigmas[i + 1])
+        dit(x0, self._t_context, self.prompt, self.window, start)   # clean K/V for this block
+        if self.trace is not None:
+            self.trace("context", block, -1, x0, x0)
+        self._remember(x0)
+        self.frame += shape[1]
+        self.block += 1
+        return x0
+
+    def _remember(self, x0: torch.Tensor) -> None:
+        keep = self.cfg.window.local_attn_size
+        hist = x0 if self.history is None else torch.cat([self.history, x0], dim=1)
+        self.history = hist[:, -keep:]
+
+    def _recache(self, embedding: torch.Tensor, prompt: CrossKV) -> None:
+        """Official re-cache: the newest min(window, frames so far) clean frames are run again
+        at the context timestep under the new prompt, overwriting their keys and values in
+        place. With global_sink the sink keeps the first prompt (unless the switch comes
+        before the window is full: then the re-cache starts at frame 0 and rewrites it)."""
+        self.prompt_embedding, self.prompt = embedding, prompt
+        n = 0 if self.history is None else min(self.cfg.window.local_attn_size, self.frame)
+        if n == 0:
+            return
+        frames = self.history[:, -n:]
+        t = torch.full((self.batch, n), self.schedule.context_timestep, device=self.device)
+        start = self.frame - n
+        flow = self.dit(frames, t, prompt, self.window, start, rewrite_sink=not self.cfg.window.global_sink)
+        if self.trace is not None:
+            sigma = float(self.schedule.sigma_of(self.schedule.context_timestep))
+            self.trace("recache", self.block, start, frames, self.schedule.flow_to_x0(flow, frames, sigma))
+
+    # -- snapshot / restore --------------------------------------------------
+    def snapshot(self, device: torch.device | str | None = None) -> GeneratorSnapshot:
+        """State at the current block boundary. `device="cpu"` keeps GPU memory free."""
+        self._require_started()
+        hist = None if self.history is None else self.history.to(device or self.device, copy=True)
+        return GeneratorSnapshot(self.window.snapshot(device), hist, self.frame, self.block,
+                                 self.prompt_embedding, self.prompt, self._pending, self.noise, self.seed)
+
+    def restore(self, snap: GeneratorSnapshot) -> None:
+        self.window.restore(snap.window)
+        self.history = None if snap.history is None else snap.history.to(self.device, copy=True)
+        self.frame, self.block = snap.frame, snap.block
+        self.prompt_embedding, self.prompt, self._pending = snap.prompt_embedding, snap.prompt, snap.pending
+        self.noise, self.seed = snap.noise, snap.seed
+
+    def _require_started(self) -> None:
+        if self.prompt is None:
+            raise RuntimeError("call reset(prompt_embedding, seed) before generating")

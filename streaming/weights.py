@@ -1,0 +1,275 @@
+"""Finding, reading, mapping and merging checkpoints. Nothing here downloads anything.
+
+Layouts understood under a weights folder DIR (official, or every file directly in DIR):
+
+    DIR/wan_models/Wan2.1-T2V-1.3B/diffusion_pytorch_model.safetensors   base DiT
+    DIR/wan_models/Wan2.1-T2V-1.3B/Wan2.1_VAE.pth                         VAE
+    DIR/wan_models/Wan2.1-T2V-1.3B/models_t5_umt5-xxl-enc-bf16.pth        text encoder
+    DIR/wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl/tokenizer.json         tokenizer
+    DIR/longlive_models/models/longlive_base.pt                           LongLive DiT
+    DIR/longlive_models/models/lora.pt                                    LongLive LoRA
+
+Checkpoints are opened lazily (safetensors) or memory-mapped (torch zip pickles) and moved
+to the device one tensor at a time, so a model is never held twice in memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import torch
+import torch.nn as nn
+
+from .config import Config
+from .dit import CausalDiT
+
+log = logging.getLogger(__name__)
+
+
+class WeightsError(RuntimeError):
+    """A weights problem the user can fix; the message is one sentence naming the file."""
+
+
+FILE_NAMES = {
+    "dit_base": "diffusion_pytorch_model.safetensors",
+    "longlive": "longlive_base.pt",
+    "lora": "lora.pt",
+    "vae": "Wan2.1_VAE.pth",
+    "t5": "models_t5_umt5-xxl-enc-bf16.pth",
+    "taehv": "taew2_1.pth",
+}
+OFFICIAL_DIRS = ("", "wan_models/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", "longlive_models/models", "longlive_models",
+                 "models", "taehv")
+TOKENIZER_DIRS = ("google/umt5-xxl", "wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl", "Wan2.1-T2V-1.3B/google/umt5-xxl",
+                  "umt5-xxl", "")
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    root: Path
+    dit_base: Path | None = None
+    longlive: Path | None = None
+    lora: Path | None = None
+    vae: Path | None = None
+    t5: Path | None = None
+    tokenizer: Path | None = None
+    taehv: Path | None = None
+
+    @property
+    def dit(self) -> Path | None:
+        """The DiT to load: LongLive's own (it replaces every base weight), else the base."""
+        return self.longlive or self.dit_base
+
+    def describe(self) -> str:
+        found = [f"{k}={getattr(self, k).relative_to(self.root)}" for k in
+                 ("longlive", "dit_base", "lora", "vae", "t5", "tokenizer", "taehv") if getattr(self, k)]
+        return ", ".join(found) or "nothing"
+
+
+def locate(root: str | Path) -> WeightFiles:
+    """Find the weight files under `root` in the official layout or flat."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise WeightsError(f"weights folder {root} does not exist")
+    found: dict[str, Path] = {}
+    for key, name in FILE_NAMES.items():
+        for sub in OFFICIAL_DIRS:
+            p = root / sub / name
+            if p.is_file():
+                found[key] = p
+                break
+    for sub in TOKENIZER_DIRS:
+        p = root / sub / "tokenizer.json"
+        if p.is_file():
+            found["tokenizer"] = p.parent
+            break
+    files = WeightFiles(root=root, **found)
+    if files.dit is None:
+        raise WeightsError(f"no DiT weights in {root}: expected {FILE_NAMES['longlive']} or "
+                           f"{FILE_NAMES['dit_base']} (official layout or directly in the folder)")
+    return files
+
+
+# -- reading -----------------------------------------------------------------
+def read_checkpoint(path: str | Path) -> Mapping[str, torch.Tensor]:
+    """A state dict from .safetensors (lazy) or a torch pickle (memory-mapped when possible)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))  # safetensors maps the file; tensors are views
+        except Exception as exc:
+            raise WeightsError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(str(path), map_location="cpu", mmap=True, weights_only=True)
+    except RuntimeError:
+        try:  # old (non-zip) pickles cannot be memory-mapped
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise WeightsError(f"{path} is not a readable torch checkpoint ({exc})") from None
+    except Exception as exc:
+        raise WeightsError(f"{path} is not a readable torch checkpoint ({exc})") from None
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _entry(obj: Mapping, path: Path, entries: Iterable[str]) -> Mapping[str, torch.Tensor]:
+    for key in entries:
+        if key in obj and isinstance(obj[key], Mapping):
+            return obj[key]
+    if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    raise WeightsError(f"{path} has none of the entries {', '.join(entries)} and is not a plain state dict "
+                       f"(top-level keys: {', '.join(list(map(str, obj))[:8])})")
+
+
+def _strip(key: str, prefixes: Iterable[str]) -> str:
+    key = key.replace("_fsdp_wrapped_module.", "").replace("_orig_mod.", "")
+    changed = True
+    while changed:
+        changed = False
+        for p in prefixes:
+            if key.startswith(p):
+                key, changed = key[len(p):], True
+    return key
+
+
+def dit_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The DiT state dict of a LongLive checkpoint (`generator`, `generator_ema` or `model`
+    entry, keys prefixed `model.`) or of a base Wan2.1 file (no prefix)."""
+    path = Path(path)
+    sd = _entry(read_checkpoint(path), path, ("generator", "generator_ema", "model", "state_dict"))
+    return {_strip(k, ("model.", "module.")): v for k, v in sd.items()}
+
+
+def lora_state(path: str | Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """LoRA pairs per module name: {"blocks.0.self_attn.q": (A [r, in], B [out, r])}.
+    Reads `{generator_lora, critic_lora, step}` checkpoints and raw PEFT dicts."""
+    path = Path(path)
+    sd = _entry(read_checkpoint(path), path, ("generator_lora", "lora", "state_dict"))
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in sd.items():
+        k = _strip(key, ("base_model.model.", "model."))
+        for tag in ("lora_A", "lora_B"):
+            marker = f".{tag}."
+            if marker in k:
+                module = k.split(marker)[0]
+                pairs.setdefault(module, {})[tag] = value
+                break
+        else:
+            raise WeightsError(f"{path}: key {key!r} is not a LoRA weight (expected ...lora_A/lora_B...)")
+    broken = sorted(m for m, p in pairs.items() if len(p) != 2)
+    if broken:
+        raise WeightsError(f"{path}: LoRA modules without both A and B: {', '.join(broken[:6])}")
+    return {m: (p["lora_A"], p["lora_B"]) for m, p in pairs.items()}
+
+
+# -- loading into modules ----------------------------------------------------
+def _short(keys: Iterable[str], n: int = 6) -> str:
+    keys = sorted(keys)
+    more = f" (+{len(keys) - n} more)" if len(keys) > n else ""
+    return ", ".join(keys[:n]) + more
+
+
+def check_state(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path | str,
+                allow_missing: Iterable[str] = ()) -> None:
+    """One clear error for missing, unexpected or mis-shaped keys."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = set(expected) - set(sd) - set(allow_missing)
+    unexpected = set(sd) - set(expected)
+    shapes = [f"{k} {tuple(sd[k].shape)} != {expected[k]}" for k in sorted(set(sd) & set(expected))
+              if tuple(sd[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing keys {_short(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys {_short(unexpected)}")
+    if shapes:
+        problems.append(f"mis-shaped {_short(shapes, 3)}")
+    if problems:
+        raise WeightsError(f"{path} does not fit this config ({'; '.join(problems)}); "
+                           "is it the right file for the chosen --config?")
+
+
+def assign_state(model: nn.Module, sd: Mapping[str, torch.Tensor], device: torch.device | str,
+                 dtype_of: callable) -> None:
+    """Move tensors one at a time into a (meta-device) model's parameters."""
+    params = dict(model.named_parameters())
+    buffers = dict(model.named_buffers())
+    for name, value in sd.items():
+        target = params.get(name)
+        if target is None:
+            if name in buffers:
+                owner, _, leaf = name.rpartition(".")
+                model.get_submodule(owner).register_buffer(leaf, value.to(device=device, dtype=dtype_of(name)))
+            continue
+        owner, _, leaf = name.rpartition(".")
+        mod = model.get_submodule(owner) if owner else model
+        setattr(mod, leaf, nn.Parameter(value.to(device=device, dtype=dtype_of(name)), requires_grad=False))
+
+
+def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], alpha: float,
+               path: Path | str) -> dict[str, torch.Tensor]:
+    """W <- W + (alpha / rank) * B @ A, computed in float32 (exact at load; faster at run time)."""
+    out = dict(sd)
+    for module, (a, b) in lora.items():
+        key = f"{module}.weight"
+        if key not in out:
+            raise WeightsError(f"{path}: LoRA targets {module!r}, which the DiT does not have")
+        w = out[key]
+        rank = a.shape[0]
+        if b.shape[1] != rank or (b.shape[0], a.shape[1]) != tuple(w.shape):
+            raise WeightsError(f"{path}: LoRA for {module} has A {tuple(a.shape)} and B {tuple(b.shape)}, "
+                               f"which do not fit the weight {tuple(w.shape)}")
+        out[key] = (w.float() + (alpha / rank) * (b.float() @ a.float())).to(w.dtype)
+    return out
+
+
+def _dit_dtype_of(dtype: torch.dtype):
+    def dtype_of(name: str) -> torch.dtype:
+        return torch.float32 if any(k in name for k in CausalDiT.FLOAT32_KEYS) else dtype
+    return dtype_of
+
+
+def build_dit(cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+              seed: int | None = None) -> CausalDiT:
+    """A DiT with seeded random weights (the embedded default, benchmarks)."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed if seed is None else seed)
+        with device:
+            model = CausalDiT(cfg.model)
+    return model.cast_(dtype).eval().requires_grad_(False)
+
+
+def load_dit(cfg: Config, dit_path: str | Path, lora_path: str | Path | None = None,
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> CausalDiT:
+    """A DiT from a checkpoint (LongLive or base Wan layout), with an optional LoRA merged."""
+    dit_path = Path(dit_path)
+    with torch.device("meta"):
+        model = CausalDiT(cfg.model)
+    sd = dit_state(dit_path)
+    check_state(model, sd, dit_path)
+    if lora_path is not None:
+        sd = merge_lora(sd, lora_state(lora_path), cfg.lora.alpha, lora_path)
+    assign_state(model, sd, device, _dit_dtype_of(dtype))
+    log.info("loaded DiT from %s%s", dit_path, f" + LoRA {lora_path}" if lora_path else "")
+    return model.eval().requires_grad_(False)
+
+
+def parameter_count(cfg: Config) -> int:
+    with torch.device("meta"):
+        return sum(p.numel() for p in CausalDiT(cfg.model).parameters())
+
+
+def human_bytes(n: float) -> str:
+    units = ["B", "KB", "MB", "GB", "TB"]
+    i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
+    return f"{n / 1024 ** i:.2f} {units[i]}"
