@@ -1,0 +1,179 @@
+"""From a prompt to pixels: text encoder -> generator -> streaming decoder -> uint8 frames.
+
+`VideoPipeline` is synchronous and single-owner: the server's engine thread drives it, the
+offline `generate` command drives it directly. Each `next_frames()` produces one block of
+video frames (the first block of a stream gives 1 + 4*(F-1) frames, later ones 4*F) as a
+host `uint8` array [N, H, W, 3], after one device-to-host copy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from .config import Config
+from .generator import GeneratorSnapshot, StreamingGenerator
+from .weights import WeightFiles, build_dit, load_dit, locate
+
+log = logging.getLogger(__name__)
+
+
+class TextEncoder(Protocol):
+    def encode(self, prompt: str) -> torch.Tensor:
+        """[1, text_len, text_dim] float32 embedding (rows past the real tokens zero)."""
+        ...
+
+
+class Decoder(Protocol):
+    def reset(self) -> None: ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents [B, F, C, h, w] of the next block -> video [B, T, 3, H, W] in [-1, 1]."""
+        ...
+
+    def state(self) -> Any: ...
+
+    def set_state(self, state: Any) -> None: ...
+
+
+@dataclass
+class FrameBlock:
+    frames: np.ndarray          # [N, H, W, 3] uint8
+    block: int                  # block index in the stream
+    first_frame: int            # video frame index of frames[0]
+    prompt: str
+    dit_ms: float
+    decode_ms: float
+    switched: bool = False      # the first block under a new prompt
+
+
+@dataclass
+class PipelineSnapshot:
+    generator: GeneratorSnapshot
+    decoder: Any
+    prompt: str
+    pending_prompt: str | None
+    frames_out: int
+    extra: dict = field(default_factory=dict)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("the config asks for a CUDA device, but torch sees no GPU; use --device cpu")
+    return dev
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_uint8(video: torch.Tensor) -> torch.Tensor:
+    """[B, T, 3, H, W] in [-1, 1] -> [T, H, W, 3] uint8 (first batch item), on the device."""
+    v = video[0].float().add(1.0).mul(127.5).round_().clamp_(0, 255).to(torch.uint8)
+    return v.permute(0, 2, 3, 1).contiguous()
+
+
+class VideoPipeline:
+    def __init__(self, cfg: Config, generator: StreamingGenerator, text: TextEncoder, decoder: Decoder,
+                 embedded_default: bool, weights: WeightFiles | None = None):
+        self.cfg, self.generator, self.text, self.decoder = cfg, generator, text, decoder
+        self.embedded_default = embedded_default
+        self.weights = weights
+        self.device = generator.device
+        self.prompt = ""
+        self._pending_prompt: str | None = None
+        self.frames_out = 0
+        self._pinned: torch.Tensor | None = None
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_config(cls, cfg: Config, weights: str | Path | None = None, device: str | None = None) -> "VideoPipeline":
+        dev = resolve_device(device or cfg.runtime.device)
+        dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        files = locate(weights) if weights is not None else None
+        if files is None:
+            dit = build_dit(cfg, dev, dtype)
+        else:
+            dit = load_dit(cfg, files.dit, files.lora, dev, dtype)
+        gen = StreamingGenerator(dit, cfg)
+        text = make_text_encoder(cfg, files, dev)
+        decoder = make_decoder(cfg, files, dev, dtype)
+        return cls(cfg, gen, text, decoder, embedded_default=files is None, weights=files)
+
+    # -- stream control -------------------------------------------------------
+    @property
+    def fps(self) -> int:
+        return self.cfg.video.fps
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.cfg.video.width, self.cfg.video.height
+
+    def start(self, prompt: str, seed: int = 0) -> None:
+        self.prompt, self._pending_prompt = prompt, None
+        self.generator.reset(self.text.encode(prompt), seed)
+        self.decoder.reset()
+        self.frames_out = 0
+
+    def switch_prompt(self, prompt: str) -> None:
+        """Takes effect at the next block (KV re-cache with the new prompt)."""
+        self.generator.switch_prompt(self.text.encode(prompt))
+        self._pending_prompt = prompt
+
+    @torch.no_grad()
+    def next_frames(self) -> FrameBlock:
+        switched = self._pending_prompt is not None
+        if switched:
+            self.prompt, self._pending_prompt = self._pending_prompt, None
+        block = self.generator.block
+        t0 = time.perf_counter()
+        latents = self.generator.next_block()
+        self._sync()
+        t1 = time.perf_counter()
+        frames = self._to_host(to_uint8(self.decoder.decode(latents)))
+        t2 = time.perf_counter()
+        out = FrameBlock(frames, block, self.frames_out, self.prompt, (t1 - t0) * 1e3, (t2 - t1) * 1e3, switched)
+        self.frames_out += len(frames)
+        return out
+
+    def snapshot(self) -> PipelineSnapshot:
+        return PipelineSnapshot(self.generator.snapshot(), self.decoder.state(), self.prompt,
+                                self._pending_prompt, self.frames_out)
+
+    def restore(self, snap: PipelineSnapshot) -> None:
+        self.generator.restore(snap.generator)
+        self.decoder.set_state(snap.decoder)
+        self.prompt, self._pending_prompt, self.frames_out = snap.prompt, snap.pending_prompt, snap.frames_out
+
+    # -- internals ------------------------------------------------------------
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _to_host(self, frames: torch.Tensor) -> np.ndarray:
+        """One device-to-host copy per block (through pinned memory on CUDA)."""
+        if frames.device.type != "cuda":
+            return frames.numpy()
+        if self._pinned is None or self._pinned.shape != frames.shape:
+            self._pinned = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
+        self._pinned.copy_(frames)
+        return self._pinned.numpy().copy()
+
+
+# -- pieces -------------------------------------------------------------------
+def make_text_encoder(cfg: Config, files: WeightFiles | None, device: torch.device) -> TextEncoder:
+    from . import text as text_mod  # noqa: F401  (real encoder, when present)
+    return text_mod.PromptEncoder.from_config(cfg, files, device)
+
+
+def make_decoder(cfg: Config, files: WeightFiles | None, device: torch.device, dtype: torch.dtype) -> Decoder:
+    from . import vae as vae_mod
+    return vae_mod.make_decoder(cfg, files, device, dtype)
