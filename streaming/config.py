@@ -119,7 +119,6 @@ class RuntimeConfig:
     device: str = "auto"
     kernels: str = "auto"
     fp8: bool = False
-    compile: bool = False
 
 
 @dataclass(frozen=True)

@@ -92,9 +92,9 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cross_kv: tuple[torch.Tensor, torch.Tensor], window: KVWindow, layer: int,
-                plan: WindowPlan) -> torch.Tensor:
-        """x: [B, L, C] float32 residual; e0: [B, F, 6, C] float32 time modulation."""
-        dtype = self.self_attn.q.weight.dtype
+                plan: WindowPlan, dtype: torch.dtype) -> torch.Tensor:
+        """x: [B, L, C] float32 residual; e0: [B, F, 6, C] float32 time modulation;
+        dtype: the compute dtype of the linear layers' inputs."""
         mod = self.modulation.float() + e0                      # [B, F, 6, C]
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = mod.unbind(2)
         h = kernels.modulated_layer_norm(x, shift_a, scale_a, self.eps, dtype)
@@ -112,10 +112,10 @@ class Head(nn.Module):
         self.head = nn.Linear(cfg.dim, math.prod(cfg.patch_size) * cfg.out_dim)
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim ** 0.5)
 
-    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, e: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """x: [B, L, C] float32; e: [B, F, C] float32 time embedding (no SiLU)."""
         shift, scale = (self.modulation.float()[:, None] + e[:, :, None]).unbind(2)
-        h = kernels.modulated_layer_norm(x, shift, scale, self.eps, self.head.weight.dtype)
+        h = kernels.modulated_layer_norm(x, shift, scale, self.eps, dtype)
         return self.head(h)
 
 
@@ -204,11 +204,12 @@ class CausalDiT(nn.Module):
 
         cos, sin = self.rope().cos_sin(start_frame, f, rows, cols)
         plan = window.plan(start_frame, f, rewrite_sink)
+        dtype = self.compute_dtype
         for i, blk in enumerate(self.blocks):
-            x = blk(x, e0, cos, sin, prompt.layers[i], window, i, plan)
+            x = blk(x, e0, cos, sin, prompt.layers[i], window, i, plan, dtype)
         window.commit(plan)
 
-        out = self.head(x, e)                                                          # [B, L, ph*pw*C]
+        out = self.head(x, e, dtype)                                                          # [B, L, ph*pw*C]
         out = out.float().view(b, f, rows, cols, ph, pw, cfg.out_dim)
         return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, cfg.out_dim, rows * ph, cols * pw)
 

@@ -103,6 +103,12 @@ class VideoPipeline:
             dit = build_dit(cfg, dev, dtype)
         else:
             dit = load_dit(cfg, files.dit, files.lora, dev, dtype)
+        if cfg.runtime.fp8:
+            from .fp8 import convert_blocks_to_fp8, hopper_fp8_available
+            if hopper_fp8_available(dev):
+                convert_blocks_to_fp8(dit)
+            else:
+                log.warning("runtime.fp8 is set but %s has no FP8 tensor cores; running in %s", dev, dtype)
         gen = StreamingGenerator(dit, cfg)
         text = make_text_encoder(cfg, files, dev)
         decoder = make_decoder(cfg, files, dev, dtype)
@@ -134,13 +140,12 @@ class VideoPipeline:
         if switched:
             self.prompt, self._pending_prompt = self._pending_prompt, None
         block = self.generator.block
-        t0 = time.perf_counter()
+        clock = _BlockClock(self.device)
         latents = self.generator.next_block()
-        self._sync()
-        t1 = time.perf_counter()
-        frames = self._to_host(to_uint8(self.decoder.decode(latents)))
-        t2 = time.perf_counter()
-        out = FrameBlock(frames, block, self.frames_out, self.prompt, (t1 - t0) * 1e3, (t2 - t1) * 1e3, switched)
+        clock.mark()
+        frames = self._to_host(to_uint8(self.decoder.decode(latents)))  # the one sync point of a block
+        dit_ms, decode_ms = clock.finish()
+        out = FrameBlock(frames, block, self.frames_out, self.prompt, dit_ms, decode_ms, switched)
         self.frames_out += len(frames)
         return out
 
@@ -154,10 +159,6 @@ class VideoPipeline:
         self.prompt, self._pending_prompt, self.frames_out = snap.prompt, snap.pending_prompt, snap.frames_out
 
     # -- internals ------------------------------------------------------------
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     def _to_host(self, frames: torch.Tensor) -> np.ndarray:
         """One device-to-host copy per block (through pinned memory on CUDA)."""
         if frames.device.type != "cuda":
@@ -166,6 +167,35 @@ class VideoPipeline:
             self._pinned = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True)
         self._pinned.copy_(frames)
         return self._pinned.numpy().copy()
+
+
+class _BlockClock:
+    """Times the DiT and decode parts of a block; CUDA events on the GPU, so timing adds no
+    synchronisation of its own (the host copy at the end of a block is the only one)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            self.events[0].record()
+        else:
+            self.times = [time.perf_counter()]
+
+    def mark(self) -> None:
+        if self.cuda:
+            self.events[1].record()
+        else:
+            self.times.append(time.perf_counter())
+
+    def finish(self) -> tuple[float, float]:
+        if self.cuda:
+            self.events[2].record()
+            self.events[2].synchronize()
+            e = self.events
+            return e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2])
+        self.times.append(time.perf_counter())
+        t = self.times
+        return (t[1] - t[0]) * 1e3, (t[2] - t[1]) * 1e3
 
 
 # -- pieces -------------------------------------------------------------------

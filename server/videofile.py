@@ -1,0 +1,82 @@
+"""Writing frames to an H.264 MP4 file with PyAV.
+
+The file is written under a temporary name beside the target and renamed into place when
+it is complete, so an interrupted render never leaves a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import av
+import numpy as np
+
+
+class OutputError(RuntimeError):
+    """The output path cannot be written; the message is one sentence for the user."""
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (before any generation) if `path` cannot be created."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise OutputError(f"output {path} is a folder; give a file name such as {path / 'out.mp4'}")
+    if not parent.is_dir():
+        raise OutputError(f"cannot write {path}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"cannot write {path}: folder {parent} is not writable")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"cannot write {path}: the file exists and is read-only")
+
+
+class Mp4Writer:
+    def __init__(self, path: str | Path, width: int, height: int, fps: int, crf: int = 18):
+        self.path = Path(path)
+        check_writable(self.path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent or ".")
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w")
+        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream.width, self._stream.height = width, height
+        self._stream.pix_fmt = "yuv420p"
+        self._stream.options = {"crf": str(crf), "preset": "veryfast"}
+        self.frames = 0
+        self._closed = False
+
+    def write(self, frames: np.ndarray) -> None:
+        """frames: [N, H, W, 3] uint8 RGB."""
+        for rgb in frames:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            for packet in self._stream.encode(frame):
+                self._container.mux(packet)
+            self.frames += 1
+
+    def close(self) -> Path:
+        """Flush, close and move the file into place."""
+        if not self._closed:
+            self._closed = True
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self._container.close()
+            finally:
+                self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()

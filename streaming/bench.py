@@ -1,0 +1,287 @@
+"""`longlive bench`: the speed of the generator on this machine, with random weights.
+
+Speed does not depend on weight values, so the full-size model runs with seeded random
+weights and anybody with a GPU can measure without downloading anything. Imports only
+streaming, kernels and torch-level libraries (GPU machines have no aiortc or av).
+
+Reported (printed and written as JSON): per-block DiT ms and decode ms (VAE + uint8
+conversion + host copy), end-to-end FPS, time to first frame, prompt switch cost
+(re-cache + first block), peak GPU memory, device and versions, the FLOPs of a block and
+the ratio of the measured time to the FLOP floor (FLOPs / the device's dense bf16 rate),
+and, where Triton runs, each kernel beside the best torch path.
+
+    python -m streaming.bench --config longlive --blocks 10 --json bench.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import Config, load_config
+from .dit import CausalDiT
+from .pipeline import DTYPES, VideoPipeline, resolve_device
+
+log = logging.getLogger(__name__)
+
+# dense bf16 matrix throughput a well-fed kernel reaches (TFLOP/s), by device name
+PEAK_TFLOPS = {"H100": 790.0, "H200": 790.0, "A100": 250.0, "L40S": 300.0, "RTX 4090": 160.0}
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+# -- FLOPs ---------------------------------------------------------------------------
+def dit_flops(cfg: Config) -> dict[str, float]:
+    """FLOPs of one DiT forward at steady state (a block against a full window), counted
+    on the meta device (no memory, no compute), and of a whole block."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        dit = CausalDiT(cfg.model)
+    w = cfg.window
+    window = dit.new_window(w.local_attn_size, w.sink_size, cfg.frame_seq_length)
+    prompt = dit.encode_prompt(torch.zeros(1, cfg.model.text_len, cfg.model.text_dim, device="meta"))
+    f = cfg.block_frames
+    window.end = window.filled = w.local_attn_size - f   # the block fills the window exactly
+    x = torch.zeros(1, f, cfg.model.in_dim, cfg.latent_height, cfg.latent_width, device="meta")
+    with FlopCounterMode(display=False) as counter:
+        dit(x, torch.zeros(1, f, device="meta"), prompt, window, window.end)
+    per_forward = float(counter.get_total_flops())
+    forwards = len(cfg.schedule.denoising_steps) + 1  # denoising steps + the context pass
+    return {"dit_tflop_per_forward": per_forward / 1e12, "dit_tflop_per_block": per_forward * forwards / 1e12}
+
+
+def decoder_flops(decoder: Any, cfg: Config, device: torch.device, dtype: torch.dtype) -> float | None:
+    """FLOPs of decoding one steady-state block (counted on a real run: a decoder's cache
+    logic may need real tensors). None when it cannot be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        shape = (1, cfg.block_frames, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
+        z = torch.randn(shape, device=device)
+        decoder.reset()
+        decoder.decode(z)
+        with FlopCounterMode(display=False) as counter:
+            decoder.decode(z)
+        decoder.reset()
+        return float(counter.get_total_flops()) / 1e12
+    except Exception as exc:  # counting is informative only
+        log.warning("could not count decoder FLOPs: %s", exc)
+        return None
+
+
+# -- timing --------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _ms(t0: float) -> float:
+    return (time.perf_counter() - t0) * 1e3
+
+
+def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 3, kernels: bool = True,
+              seed: int = 0) -> dict[str, Any]:
+    dtype = DTYPES[cfg.runtime.dtype] if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    pipe = VideoPipeline.from_config(cfg, weights=None, device=str(device))
+    _sync(device)
+    build_s = _ms(t0) / 1e3
+    prompts = ["a red fox running through fresh snow, cinematic",
+               "a neon city street at night in the rain, reflections",
+               "an astronaut floating above the earth, slow motion"]
+
+    # warm up: the first stream, enough blocks to fill the window and turn it
+    pipe.start(prompts[0], seed)
+    for _ in range(max(warmup, cfg.window.local_attn_size // cfg.block_frames + 1)):
+        pipe.next_frames()
+
+    # time to first frame: a fresh stream under a prompt not seen before
+    _sync(device)
+    t0 = time.perf_counter()
+    pipe.start(prompts[1], seed + 1)
+    first = pipe.next_frames()
+    ttff = _ms(t0)
+    for _ in range(cfg.window.local_attn_size // cfg.block_frames + 1):
+        pipe.next_frames()   # steady state: the window is full
+
+    # steady state blocks
+    dit_ms, dec_ms, frames = [], [], 0
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(blocks):
+        b = pipe.next_frames()
+        dit_ms.append(b.dit_ms)
+        dec_ms.append(b.decode_ms)
+        frames += len(b.frames)
+    wall = _ms(t0)
+
+    # prompt switch: re-cache + the first block under the new prompt (its encoding cached
+    # as in a performance where prompts are prepared; the first encoding is timed apart)
+    t0 = time.perf_counter()
+    pipe.text.encode(prompts[2])
+    _sync(device)
+    encode_ms = _ms(t0)
+    switch_ms = []
+    for i in range(3):
+        pipe.switch_prompt(prompts[2 - (i % 2)])
+        t0 = time.perf_counter()
+        pipe.next_frames()
+        switch_ms.append(_ms(t0))
+        pipe.next_frames()
+    block_ms = statistics.median(d + v for d, v in zip(dit_ms, dec_ms))
+
+    result: dict[str, Any] = {
+        "config": cfg.name, "resolution": f"{cfg.video.width}x{cfg.video.height}", "dtype": str(dtype).replace("torch.", ""),
+        "frames_per_block": int(len(b.frames)), "latent_frames_per_block": cfg.block_frames,
+        "window_frames": cfg.window.local_attn_size, "denoising_steps": len(cfg.schedule.denoising_steps),
+        "blocks_timed": blocks,
+        "dit_ms_per_block": statistics.median(dit_ms),
+        "decode_ms_per_block": statistics.median(dec_ms),
+        "block_ms": block_ms,
+        "end_to_end_fps": frames / (wall / 1e3),
+        "time_to_first_frame_ms": ttff,
+        "first_block_frames": int(len(first.frames)),
+        "prompt_switch_ms": statistics.median(switch_ms),
+        "recache_ms": max(0.0, statistics.median(switch_ms) - block_ms),
+        "text_encode_ms": encode_ms,
+        "build_s": build_s,
+        "realtime_factor": (frames / (wall / 1e3)) / cfg.video.fps,
+    }
+    result.update(dit_flops(cfg))
+    vae_tflop = decoder_flops(pipe.decoder, cfg, device, dtype)
+    result["decode_tflop_per_block"] = vae_tflop
+    peak = peak_tflops(device)
+    total_tflop = result["dit_tflop_per_block"] + (vae_tflop or 0.0)
+    result["peak_tflops_assumed"] = peak
+    if peak:
+        floor_ms = total_tflop / peak * 1e3
+        result["floor_ms_per_block"] = floor_ms
+        result["floor_fps"] = 4 * cfg.block_frames / (floor_ms / 1e3)
+        result["ratio_to_floor"] = block_ms / floor_ms
+        result["achieved_tflops"] = total_tflop / (block_ms / 1e3)
+    if device.type == "cuda":
+        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    result.update(environment(device))
+    if kernels:
+        result["kernels"] = kernel_table(device, dtype)
+    return result
+
+
+def kernel_table(device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    try:
+        from kernels.benchmark import benchmark_kernels
+    except ImportError as exc:
+        return [{"error": f"kernel benchmark unavailable: {exc}"}]
+    try:
+        return benchmark_kernels(device, dtype)
+    except Exception as exc:  # a broken kernel must not hide the model numbers
+        log.exception("kernel benchmark failed")
+        return [{"error": f"{type(exc).__name__}: {exc}"}]
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "device_type": device.type,
+        "cpu_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+    }
+    try:
+        import triton
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    import kernels
+    env["kernels"] = kernels.mode()
+    return env
+
+
+# -- presentation --------------------------------------------------------------------
+def format_table(r: dict[str, Any]) -> str:
+    def f(key: str, unit: str = "", digits: int = 1) -> str:
+        v = r.get(key)
+        return "n/a" if v is None else f"{v:.{digits}f}{unit}"
+
+    lines = [
+        f"LongLive bench: {r['config']} {r['resolution']} {r['dtype']} on {r['device']} "
+        f"(torch {r['torch']}, triton {r['triton']}, kernels={r['kernels']})",
+        f"  DiT per block          {f('dit_ms_per_block', ' ms')}",
+        f"  decode per block       {f('decode_ms_per_block', ' ms')}  (VAE + uint8 + host copy)",
+        f"  end-to-end             {f('end_to_end_fps', ' fps')}  ({f('realtime_factor', 'x', 2)} real time)",
+        f"  time to first frame    {f('time_to_first_frame_ms', ' ms')}",
+        f"  prompt switch          {f('prompt_switch_ms', ' ms')}  (re-cache ~{f('recache_ms', ' ms')}, + first block)",
+        f"  FLOPs per block        DiT {f('dit_tflop_per_block', ' TFLOP', 1)}, decode {f('decode_tflop_per_block', ' TFLOP', 2)}",
+    ]
+    if r.get("floor_ms_per_block"):
+        lines.append(f"  FLOP floor             {f('floor_ms_per_block', ' ms')} per block ({f('floor_fps', ' fps')}); "
+                     f"measured/floor {f('ratio_to_floor', 'x', 2)}, {f('achieved_tflops', ' TFLOP/s', 0)}")
+    if r.get("peak_memory_gb") is not None:
+        lines.append(f"  peak GPU memory        {f('peak_memory_gb', ' GB', 2)}")
+    rows = [k for k in r.get("kernels", []) if "kernel" in k]
+    if rows:
+        lines.append("  kernel                 shape                        triton ms   torch ms  (torch path)")
+        for k in rows:
+            tm = "n/a" if k.get("triton_ms") is None else f"{k['triton_ms']:.3f}"
+            lines.append(f"  {k['kernel']:<22} {str(k.get('shape', '')):<28} {tm:>9} {k.get('torch_ms', float('nan')):>10.3f}"
+                         f"  ({k.get('torch_path', '')})")
+    for k in r.get("kernels", []):
+        if "error" in k:
+            lines.append(f"  kernels: {k['error']}")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="longlive", help="preset or YAML path (default longlive: full size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    p.add_argument("--blocks", type=int, default=8, help="steady-state blocks to time (default 8)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel comparison")
+    p.add_argument("--json", type=Path, default=None, help="write the results here (default bench-<config>-<device>.json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    device = resolve_device(args.device)
+    if args.blocks < 1:
+        raise ValueError("--blocks must be at least 1")
+    result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels)
+    print(format_table(result))
+    out = args.json or Path(f"bench-{cfg.name}-{device.type}.json")
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m streaming.bench", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, RuntimeError) as exc:
+        print(f"longlive bench: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
