@@ -277,8 +277,14 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{where}: vae.z_dim ({cfg.vae.z_dim}) must equal model.in_dim ({m.in_dim})")
     if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:
         raise ConfigError(f"{where}: vae.temporal_downsample needs one entry per stage transition ({len(cfg.vae.dim_mult) - 1})")
-    if cfg.text.kind == "umt5" and cfg.text.dim != m.text_dim:
-        raise ConfigError(f"{where}: text.dim ({cfg.text.dim}) must equal model.text_dim ({m.text_dim})")
+    t = cfg.text
+    if t.dim != m.text_dim:
+        raise ConfigError(f"{where}: text.dim ({t.dim}) must equal model.text_dim ({m.text_dim})")
+    if t.dim_attn % t.num_heads:
+        raise ConfigError(f"{where}: text.dim_attn ({t.dim_attn}) is not a multiple of text.num_heads ({t.num_heads})")
+    if t.kind == "byte" and t.vocab_size < 258:
+        raise ConfigError(f"{where}: text.vocab_size must be at least 258 for the byte tokenizer "
+                          f"(256 bytes + pad + EOS), not {t.vocab_size}")
 
 
 def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:

@@ -103,16 +103,22 @@ class VideoPipeline:
             dit = build_dit(cfg, dev, dtype)
         else:
             dit = load_dit(cfg, files.dit, files.lora, dev, dtype)
-        if cfg.runtime.fp8:
-            from .fp8 import convert_blocks_to_fp8, hopper_fp8_available
-            if hopper_fp8_available(dev):
-                convert_blocks_to_fp8(dit)
-            else:
-                log.warning("runtime.fp8 is set but %s has no FP8 tensor cores; running in %s", dev, dtype)
-        gen = StreamingGenerator(dit, cfg)
+        gen = StreamingGenerator(_maybe_fp8(dit, cfg, dev), cfg)
         text = make_text_encoder(cfg, files, dev)
         decoder = make_decoder(cfg, files, dev, dtype)
         return cls(cfg, gen, text, decoder, embedded_default=files is None, weights=files)
+
+    @classmethod
+    def random(cls, cfg: Config, device: str | torch.device | None = None) -> "VideoPipeline":
+        """Every part at its configured size with random weights, even where the config
+        needs real files (the text encoder): what `bench` measures."""
+        from .text import PromptEncoder
+
+        dev = resolve_device(str(device or cfg.runtime.device))
+        dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        dit = _maybe_fp8(build_dit(cfg, dev, dtype), cfg, dev)
+        text = PromptEncoder.random(cfg, dev) if cfg.text.kind == "umt5" else make_text_encoder(cfg, None, dev)
+        return cls(cfg, StreamingGenerator(dit, cfg), text, make_decoder(cfg, None, dev, dtype), embedded_default=True)
 
     # -- stream control -------------------------------------------------------
     @property
@@ -196,6 +202,17 @@ class _BlockClock:
         self.times.append(time.perf_counter())
         t = self.times
         return (t[1] - t[0]) * 1e3, (t[2] - t[1]) * 1e3
+
+
+def _maybe_fp8(dit, cfg: Config, device: torch.device):
+    """FP8 linear layers when the config asks for them and the GPU has FP8 tensor cores."""
+    if cfg.runtime.fp8:
+        from .fp8 import convert_blocks_to_fp8, hopper_fp8_available
+        if hopper_fp8_available(device):
+            convert_blocks_to_fp8(dit)
+        else:
+            log.warning("runtime.fp8 is set but %s has no FP8 tensor cores; running without it", device)
+    return dit
 
 
 # -- pieces -------------------------------------------------------------------
