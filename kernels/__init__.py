@@ -1,7 +1,11 @@
 """Kernels of the generator's hot path, each with a torch reference and one dispatch point.
 
 Public entry points (see `kernels.reference` for the exact maths and shapes):
-`attention`, `rms_norm_rope`, `modulated_layer_norm`, `gated_residual`.
+`attention`, `rms_norm_rope`, `modulated_layer_norm`, `gated_residual`, and for the VAE
+`rms_norm_channels`.
+
+The Triton implementations live in `kernels.triton_attention` and `kernels.triton_fused`
+(named apart from the entry points, so importing them never shadows a function here).
 """
 
 from __future__ import annotations
@@ -11,20 +15,26 @@ import torch
 from . import reference
 from .dispatch import mode, pick, use_triton
 
-__all__ = ["attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "reference", "mode", "use_triton"]
+__all__ = ["attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "rms_norm_channels",
+           "reference", "mode", "use_triton"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return pick("attention", q, "attention")(q, k, v)
+    return pick("attention", q, "triton_attention")(q, k, v)
 
 
 def rms_norm_rope(x, weight, cos, sin, num_heads: int, eps: float) -> torch.Tensor:
-    return pick("rms_norm_rope", x, "fused")(x, weight, cos, sin, num_heads, eps)
+    return pick("rms_norm_rope", x, "triton_fused")(x, weight, cos, sin, num_heads, eps)
 
 
 def modulated_layer_norm(x, shift, scale, eps: float, out_dtype: torch.dtype) -> torch.Tensor:
-    return pick("modulated_layer_norm", x, "fused")(x, shift, scale, eps, out_dtype)
+    return pick("modulated_layer_norm", x, "triton_fused")(x, shift, scale, eps, out_dtype)
 
 
 def gated_residual(x, y, gate=None) -> torch.Tensor:
-    return pick("gated_residual", x, "fused")(x, y, gate)
+    return pick("gated_residual", x, "triton_fused")(x, y, gate)
+
+
+def rms_norm_channels(x: torch.Tensor, gamma: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    return pick("rms_norm_channels", x, "triton_fused")(x, gamma, silu)
+

@@ -67,3 +67,18 @@ def gated_residual(x: torch.Tensor, y: torch.Tensor, gate: torch.Tensor | None =
         return x + y.to(x.dtype)
     frame_len = x.shape[1] // gate.shape[1]
     return x + y.to(x.dtype) * _per_token(gate, frame_len)
+
+
+def rms_norm_channels(x: torch.Tensor, gamma: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    """The Wan VAE's RMS_norm over the channels of a channels-first [B, C, ...] tensor.
+
+    y = x / max(||x||_2 over C, 1e-12) * sqrt(C) * gamma (F.normalize's clamp; gamma has C
+    elements, shaped [C, 1, 1, 1] or [C, 1, 1]; no bias), then SiLU when `silu`. Computed in
+    float32, returned in x's dtype.
+    """
+    c = x.shape[1]
+    g = gamma.reshape(c, *([1] * (x.dim() - 2))).float()
+    y = F.normalize(x.float(), dim=1) * (c ** 0.5) * g
+    if silu:
+        y = F.silu(y)
+    return y.to(x.dtype)
