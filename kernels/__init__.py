@@ -13,10 +13,10 @@ from __future__ import annotations
 import torch
 
 from . import reference
-from .dispatch import mode, pick, use_triton
+from .dispatch import mode, pick, set_default_mode, use_triton
 
 __all__ = ["attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "rms_norm_channels",
-           "reference", "mode", "use_triton"]
+           "reference", "mode", "set_default_mode", "use_triton"]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """One dispatch point for every kernel: Triton on CUDA tensors, the torch reference elsewhere.
 
 `LONGLIVE_KERNELS` forces a path: `torch` (always the reference), `triton` (Triton even on
-CPU tensors, which needs `TRITON_INTERPRET=1`), `auto` (default).
+CPU tensors, which needs `TRITON_INTERPRET=1`), `auto` (default). Without it, the config's
+`runtime.kernels` (set through `set_default_mode`) decides.
 """
 
 from __future__ import annotations
@@ -20,8 +21,19 @@ log = logging.getLogger(__name__)
 _MODES = ("auto", "triton", "torch")
 
 
+_default_mode = "auto"
+
+
+def set_default_mode(value: str) -> None:
+    """The path when LONGLIVE_KERNELS is unset (from the config's runtime.kernels)."""
+    global _default_mode
+    if value not in _MODES:
+        raise ValueError(f"kernel mode must be one of {', '.join(_MODES)}, not {value!r}")
+    _default_mode = value
+
+
 def mode() -> str:
-    value = os.environ.get("LONGLIVE_KERNELS", "auto").strip().lower() or "auto"
+    value = os.environ.get("LONGLIVE_KERNELS", "").strip().lower() or _default_mode
     if value not in _MODES:
         raise ValueError(f"LONGLIVE_KERNELS must be one of {', '.join(_MODES)}, not {value!r}")
     return value

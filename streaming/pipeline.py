@@ -17,6 +17,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+import kernels
+
 from .config import Config
 from .generator import GeneratorSnapshot, StreamingGenerator
 from .weights import WeightFiles, build_dit, load_dit, locate
@@ -98,6 +100,7 @@ class VideoPipeline:
     def from_config(cls, cfg: Config, weights: str | Path | None = None, device: str | None = None) -> "VideoPipeline":
         dev = resolve_device(device or cfg.runtime.device)
         dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        kernels.set_default_mode(cfg.runtime.kernels)
         files = locate(weights) if weights is not None else None
         if files is None:
             dit = build_dit(cfg, dev, dtype)
@@ -116,6 +119,7 @@ class VideoPipeline:
 
         dev = resolve_device(str(device or cfg.runtime.device))
         dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        kernels.set_default_mode(cfg.runtime.kernels)
         dit = _maybe_fp8(build_dit(cfg, dev, dtype), cfg, dev)
         text = PromptEncoder.random(cfg, dev) if cfg.text.kind == "umt5" else make_text_encoder(cfg, None, dev)
         return cls(cfg, StreamingGenerator(dit, cfg), text, make_decoder(cfg, None, dev, dtype), embedded_default=True)

@@ -498,3 +498,18 @@ def test_benchmark_on_gpu_times_both_paths():
     for r in rows:
         assert r["triton_ms"] > 0 and r["torch_ms"] > 0 and r["speedup"] > 0, r
         assert r["max_abs_err"] < 5e-2, r
+
+
+@needs_triton
+def test_config_mode_applies_unless_the_environment_overrides(monkeypatch):
+    monkeypatch.delenv("LONGLIVE_KERNELS", raising=False)
+    t = torch.zeros(2)
+    try:
+        dispatch.set_default_mode("triton")
+        assert dispatch.pick("gated_residual", t, "triton_fused") is triton_module("triton_fused").gated_residual
+        monkeypatch.setenv("LONGLIVE_KERNELS", "torch")
+        assert dispatch.pick("gated_residual", t, "triton_fused") is reference.gated_residual
+    finally:
+        dispatch.set_default_mode("auto")
+    with pytest.raises(ValueError, match="kernel mode must be one of"):
+        dispatch.set_default_mode("fast")
