@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config", default=None, help="preset name (tiny, longlive) or YAML path; default: "
                    "longlive with --weights, else tiny")
-    p.add_argument("--weights", type=Path, default=None, help="weights folder (default $LONGLIVE_WEIGHTS)")
+    p.add_argument("--weights", type=Path, default=os.environ.get("LONGLIVE_WEIGHTS") or None,
+                   help="weights folder (default $LONGLIVE_WEIGHTS; none: the tiny random-weight default)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default from the config)")
 
 

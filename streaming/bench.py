@@ -148,7 +148,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
     block_ms = statistics.median(d + v for d, v in zip(dit_ms, dec_ms))
 
     result: dict[str, Any] = {
-        "config": cfg.name, "resolution": f"{cfg.video.width}x{cfg.video.height}", "dtype": str(dtype).replace("torch.", ""),
+        "config": cfg.name, "fp8": cfg.runtime.fp8, "decoder": cfg.vae.kind, "resolution": f"{cfg.video.width}x{cfg.video.height}", "dtype": str(dtype).replace("torch.", ""),
         "frames_per_block": int(len(b.frames)), "latent_frames_per_block": cfg.block_frames,
         "window_frames": cfg.window.local_attn_size, "denoising_steps": len(cfg.schedule.denoising_steps),
         "blocks_timed": blocks,
@@ -216,20 +216,27 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 # -- presentation --------------------------------------------------------------------
+def _flops(tflop: float | None) -> str:
+    if tflop is None:
+        return "n/a"
+    return f"{tflop:.1f} TFLOP" if tflop >= 1 else f"{tflop * 1e3:.2f} GFLOP"
+
+
 def format_table(r: dict[str, Any]) -> str:
     def f(key: str, unit: str = "", digits: int = 1) -> str:
         v = r.get(key)
         return "n/a" if v is None else f"{v:.{digits}f}{unit}"
 
     lines = [
-        f"LongLive bench: {r['config']} {r['resolution']} {r['dtype']} on {r['device']} "
+        f"LongLive bench: {r['config']} {r['resolution']} {r['dtype']}{' +fp8' if r.get('fp8') else ''} "
+        f"decoder={r.get('decoder')} on {r['device']} "
         f"(torch {r['torch']}, triton {r['triton']}, kernels={r['kernels']})",
         f"  DiT per block          {f('dit_ms_per_block', ' ms')}",
         f"  decode per block       {f('decode_ms_per_block', ' ms')}  (VAE + uint8 + host copy)",
         f"  end-to-end             {f('end_to_end_fps', ' fps')}  ({f('realtime_factor', 'x', 2)} real time)",
         f"  time to first frame    {f('time_to_first_frame_ms', ' ms')}",
         f"  prompt switch          {f('prompt_switch_ms', ' ms')}  (re-cache ~{f('recache_ms', ' ms')}, + first block)",
-        f"  FLOPs per block        DiT {f('dit_tflop_per_block', ' TFLOP', 1)}, decode {f('decode_tflop_per_block', ' TFLOP', 2)}",
+        f"  FLOPs per block        DiT {_flops(r.get('dit_tflop_per_block'))}, decode {_flops(r.get('decode_tflop_per_block'))}",
     ]
     if r.get("floor_ms_per_block"):
         lines.append(f"  FLOP floor             {f('floor_ms_per_block', ' ms')} per block ({f('floor_fps', ' fps')}); "
@@ -254,18 +261,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--blocks", type=int, default=8, help="steady-state blocks to time (default 8)")
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the DiT (Hopper)")
+    p.add_argument("--decoder", choices=("wan", "taehv"), default=None, help="override the config's decoder")
     p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel comparison")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default bench-<config>-<device>.json)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
+    if args.fp8:
+        cfg = cfg.replace(runtime={"fp8": True})
+    if args.decoder:
+        cfg = cfg.replace(vae={"kind": args.decoder})
     device = resolve_device(args.device)
     if args.blocks < 1:
         raise ValueError("--blocks must be at least 1")
     result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels)
     print(format_table(result))
-    out = args.json or Path(f"bench-{cfg.name}-{device.type}.json")
+    tag = "-fp8" if cfg.runtime.fp8 else ""
+    tag += "-taehv" if cfg.vae.kind == "taehv" else ""
+    out = args.json or Path(f"bench-{cfg.name}{tag}-{device.type}.json")
     out.write_text(json.dumps(result, indent=1))
     print(f"wrote {out}")
     return 0

@@ -65,12 +65,21 @@ class PipelineSnapshot:
     extra: dict = field(default_factory=dict)
 
 
+class DeviceError(ValueError):
+    """A device that cannot be used; one sentence for the user."""
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"unknown device {name!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("the config asks for a CUDA device, but torch sees no GPU; use --device cpu")
+        raise DeviceError(f"device {name} was asked for, but torch sees no CUDA GPU; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name} does not exist; this machine has {torch.cuda.device_count()} GPU(s)")
     return dev
 
 

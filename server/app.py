@@ -1,0 +1,200 @@
+"""The aiohttp application: routes, and the order things start and stop in.
+
+Routes only translate HTTP to calls on the modules that own the work: `webrtc` (sessions),
+`control` (control clients, state, stats), `engine` (the worker thread). See
+docs/PROTOCOL.md for the wire format.
+
+    GET    /                      the browser client (static files from client/)
+    POST   /api/offer             {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
+    DELETE /api/sessions/{id}     end a WebRTC session
+    GET    /api/control           WebSocket control channel (msgpack or JSON messages)
+    GET    /api/state             the state, as JSON
+    POST   /api/prompt            {"text", "id"?} -> queue a prompt switch
+    GET    /api/health            counts for monitoring and tests (sessions, tasks, threads)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import mimetypes
+import threading
+from pathlib import Path
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from .control import ControlHub, ServerInfo, WebSocketEndpoint
+from .engine import Engine
+from .protocol import ProtocolError, parse_command
+from .webrtc import OfferError, SessionManager
+
+log = logging.getLogger(__name__)
+
+CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
+STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".ico", ".woff2"}
+WS_MAX_FRAME = 1 << 20   # larger WebSocket frames close the socket; up to this, oversize gets an error
+
+mimetypes.add_type("text/javascript", ".mjs")
+mimetypes.add_type("text/javascript", ".js")
+
+ENGINE = web.AppKey("engine", Engine)
+HUB = web.AppKey("hub", ControlHub)
+SESSIONS = web.AppKey("sessions", SessionManager)
+SOCKETS = web.AppKey("sockets", set)
+STATIC_ROOT = web.AppKey("static_root", Path)
+
+
+def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR) -> web.Application:
+    pipe = engine.pipe
+    width, height = pipe.size
+    info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
+                      width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
+    hub = ControlHub(engine, info)
+    sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel)
+    hub.viewers = sessions
+
+    app = web.Application(client_max_size=256 * 1024)
+    app[ENGINE], app[HUB], app[SESSIONS], app[SOCKETS] = engine, hub, sessions, set()
+    app[STATIC_ROOT] = client_dir.resolve()
+    app.router.add_post("/api/offer", offer)
+    app.router.add_delete("/api/sessions/{session}", end_session)
+    app.router.add_get("/api/control", control_socket)
+    app.router.add_get("/api/state", state)
+    app.router.add_post("/api/prompt", prompt)
+    app.router.add_get("/api/health", health)
+    app.router.add_get("/", index)
+    app.router.add_get("/{path:.+}", static_file)
+    app.on_startup.append(_startup)
+    app.on_shutdown.append(_shutdown)
+    if not (client_dir / "vendor" / "msgpack" / "index.mjs").exists():
+        log.warning("client/vendor/msgpack is missing: run `make client` or the page cannot load")
+    return app
+
+
+# -- lifecycle -----------------------------------------------------------------------------------
+async def _startup(app: web.Application) -> None:
+    if not app[ENGINE].running:
+        app[ENGINE].start()
+    await app[HUB].start()
+
+
+async def _shutdown(app: web.Application) -> None:
+    """Close every viewer and control client, then stop the worker thread."""
+    await app[SESSIONS].close_all()
+    for ws in list(app[SOCKETS]):
+        await ws.close(code=1001, message=b"server shutting down")
+    await app[HUB].stop()
+    await asyncio.to_thread(app[ENGINE].stop)
+
+
+# -- routes ----------------------------------------------------------------------------------------
+async def offer(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    sdp, kind = body.get("sdp"), body.get("type", "offer")
+    if not isinstance(sdp, str) or not isinstance(kind, str):
+        raise _bad_request("the body needs \"sdp\" (string) and \"type\": \"offer\"")
+    try:
+        session, answer = await request.app[SESSIONS].answer(sdp, kind)
+    except OfferError as e:
+        raise _bad_request(str(e)) from None
+    return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
+
+
+async def end_session(request: web.Request) -> web.Response:
+    session_id = request.match_info["session"]
+    if not await request.app[SESSIONS].close(session_id):
+        return web.json_response({"error": f"no session {session_id!r}"}, status=404)
+    return web.json_response({"closed": session_id})
+
+
+async def control_socket(request: web.Request) -> web.StreamResponse:
+    ws = web.WebSocketResponse(max_msg_size=WS_MAX_FRAME, heartbeat=30)
+    await ws.prepare(request)
+    hub = request.app[HUB]
+    ep = WebSocketEndpoint(ws, binary=request.query.get("format", "msgpack") != "json")
+    request.app[SOCKETS].add(ws)
+    hub.attach(ep)
+    try:
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                hub.receive(ep, msg.data)
+            elif msg.type == WSMsgType.BINARY:
+                hub.receive(ep, msg.data)
+            elif msg.type == WSMsgType.ERROR:
+                log.info("WebSocket error: %s", ws.exception())
+    finally:
+        hub.detach(ep)
+        request.app[SOCKETS].discard(ws)
+        await ep.wait_closed()
+    return ws
+
+
+async def state(request: web.Request) -> web.Response:
+    return web.json_response(request.app[HUB].state())
+
+
+async def prompt(request: web.Request) -> web.Response:
+    body = await _json_body(request)
+    if "type" in body and body["type"] != "prompt":
+        raise _bad_request("this endpoint takes prompts only; leave out \"type\"")
+    try:
+        command = parse_command({**body, "type": "prompt"})
+    except ProtocolError as e:
+        raise _bad_request(str(e)) from None
+    replies: list[dict[str, Any]] = []
+    request.app[HUB].dispatch(command, lambda event: replies.append(event.to_wire()))
+    return web.json_response(replies[0], status=202)
+
+
+async def health(request: web.Request) -> web.Response:
+    app = request.app
+    sessions = app[SESSIONS]
+    return web.json_response({
+        "sessions": sessions.count,
+        "peer_connections": sum(1 for s in sessions if s.pc.connectionState != "closed"),
+        "controllers": app[HUB].count,
+        "websockets": len(app[SOCKETS]),
+        "engine_running": app[ENGINE].running,
+        "tasks": len(asyncio.all_tasks()),
+        "task_names": sorted(_task_name(t) for t in asyncio.all_tasks()),
+        "threads": sorted(t.name for t in threading.enumerate()),
+        "bus_frames": len(app[ENGINE].bus.frames()),
+        "bus_bytes": app[ENGINE].bus.memory_bytes(),
+    })
+
+
+async def index(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(request.app[STATIC_ROOT] / "index.html")
+
+
+async def static_file(request: web.Request) -> web.FileResponse:
+    root: Path = request.app[STATIC_ROOT]
+    rel = request.match_info["path"]
+    path = (root / rel).resolve()
+    if (not path.is_relative_to(root) or path.suffix not in STATIC_SUFFIXES or not path.is_file()
+            or "node_modules" in path.relative_to(root).parts):
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no file {rel!r}"}), content_type="application/json")
+    return web.FileResponse(path)
+
+
+# -- helpers ------------------------------------------------------------------------------------------
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise _bad_request("the body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise _bad_request("the body must be a JSON object")
+    return body
+
+
+def _task_name(task: asyncio.Task) -> str:
+    coro = task.get_coro()
+    return getattr(coro, "__qualname__", None) or task.get_name()
+
+
+def _bad_request(message: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": message}), content_type="application/json")
+

@@ -1,0 +1,355 @@
+"""The control protocol, version 1: message types, their fields, validation and encoding.
+
+Every control message is a map with a "type". Client messages arrive as msgpack (binary
+frames) or JSON (text frames) on the WebRTC data channel "control", on the WebSocket
+`/api/control`, or as HTTP JSON bodies. They are decoded and checked here, in one place,
+against one table (`COMMANDS`), and come out as typed, frozen command dataclasses; anything
+else raises `ProtocolError` with one sentence for the client. Server messages are the
+`Event` dataclasses below, encoded with `encode`.
+
+To add a command: write a `Command` subclass with its fields (each described by a `Text`,
+`Integer`, `Number`, `Flag` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
+handle it in the engine (or the control hub) and describe it in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Union
+
+import msgpack
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 64 * 1024      # one encoded control message
+MAX_PROMPT_CHARS = 2000            # one prompt
+MAX_ID_CHARS = 128                 # a string request id
+SEED_MAX = 2**53 - 1               # the largest integer a browser represents exactly
+
+RequestIdValue = Union[str, int, None]
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be used: `str(err)` is the sentence sent back to the client."""
+
+    def __init__(self, message: str, id: RequestIdValue = None):
+        super().__init__(message)
+        self.id = id
+
+
+# -- field specs ----------------------------------------------------------------------
+class Spec:
+    """How one field travels on the wire: its wire type name and its checks."""
+
+    wire_type: ClassVar[str] = "any"
+
+    def check(self, where: str, value: Any) -> Any:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Text(Spec):
+    max_chars: int
+    min_chars: int = 0
+    strip: bool = True
+    wire_type: ClassVar[str] = "str"
+
+    def check(self, where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} must be a string, not {_wire_name(value)}")
+        if self.strip:
+            value = value.strip()
+        if len(value) < self.min_chars:
+            raise ProtocolError(f"{where} must not be empty" if self.min_chars == 1
+                                else f"{where} needs at least {self.min_chars} characters")
+        if len(value) > self.max_chars:
+            raise ProtocolError(f"{where} is {len(value)} characters long; the limit is {self.max_chars}")
+        return value
+
+
+@dataclass(frozen=True)
+class Integer(Spec):
+    lo: int
+    hi: int
+    wire_type: ClassVar[str] = "int"
+
+    def check(self, where: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProtocolError(f"{where} must be an integer, not {_wire_name(value)}")
+        if not self.lo <= value <= self.hi:
+            raise ProtocolError(f"{where} must be between {self.lo} and {self.hi}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Spec):
+    lo: float
+    hi: float
+    wire_type: ClassVar[str] = "float"
+
+    def check(self, where: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ProtocolError(f"{where} must be a finite number, not {_wire_name(value)}")
+        if not self.lo <= value <= self.hi:
+            raise ProtocolError(f"{where} must be between {self.lo} and {self.hi}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Flag(Spec):
+    wire_type: ClassVar[str] = "bool"
+
+    def check(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where} must be true or false, not {_wire_name(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class RequestId(Spec):
+    """A client's tag for a request, echoed in replies: a string, an integer or null."""
+
+    wire_type: ClassVar[str] = "str | int | null"
+
+    def check(self, where: str, value: Any) -> RequestIdValue:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise ProtocolError(f"{where} must be a string, an integer or null, not {_wire_name(value)}")
+        if isinstance(value, str) and len(value) > MAX_ID_CHARS:
+            raise ProtocolError(f"{where} is longer than {MAX_ID_CHARS} characters")
+        if isinstance(value, int) and not -2**63 <= value < 2**64:
+            raise ProtocolError(f"{where} is out of range")
+        return value
+
+
+def spec(s: Spec, **kwargs: Any) -> Any:
+    """A dataclass field described by `s` (kwargs go to `dataclasses.field`)."""
+    return field(metadata={"spec": s}, **kwargs)
+
+
+# -- client -> server: commands ----------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Command:
+    TYPE: ClassVar[str] = ""
+    DOC: ClassVar[str] = ""
+    id: RequestIdValue = spec(RequestId(), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptCommand(Command):
+    TYPE = "prompt"
+    DOC = "Switch to a new prompt at the next block boundary (KV re-cache)."
+    text: str = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedCommand(Command):
+    TYPE = "seed"
+    DOC = "Restart the stream with a new seed, keeping the current prompt, at the next block boundary."
+    seed: int = spec(Integer(0, SEED_MAX))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PauseCommand(Command):
+    TYPE = "pause"
+    DOC = "Freeze playback on the current frame now; generation stops at the next block boundary."
+
+
+@dataclass(frozen=True, kw_only=True)
+class ResumeCommand(Command):
+    TYPE = "resume"
+    DOC = "Continue playback and generation."
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatusCommand(Command):
+    TYPE = "status"
+    DOC = "Ask for the current state; answered with a `state` message."
+
+
+# The one table of client message types.
+COMMANDS: dict[str, type[Command]] = {
+    cls.TYPE: cls for cls in (PromptCommand, SeedCommand, PauseCommand, ResumeCommand, StatusCommand)
+}
+
+
+def command_fields(cls: type[Command]) -> list[tuple[str, Spec, bool]]:
+    """(name, spec, required) for each field of a command, in declaration order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        out.append((f.name, f.metadata["spec"], required))
+    return out
+
+
+def decode(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
+    """One wire message -> a map (msgpack for binary, JSON for text). Checks only the framing."""
+    if isinstance(data, str):
+        if len(data) > MAX_MESSAGE_BYTES or len(data.encode("utf-8", "surrogatepass")) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+        try:
+            obj = json.loads(data)
+        except (ValueError, RecursionError) as e:
+            raise ProtocolError(f"text message is not valid JSON ({_first_line(e)})") from None
+    elif isinstance(data, (bytes, bytearray, memoryview)):
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise ProtocolError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
+        try:
+            obj = msgpack.unpackb(bytes(data), raw=False, strict_map_key=False)
+        except Exception as e:  # msgpack raises several unrelated types for bad input
+            raise ProtocolError(f"binary message is not valid msgpack ({type(e).__name__})") from None
+    else:
+        raise ProtocolError("message must be binary (msgpack) or text (JSON)")
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"message must be a map with a \"type\", not {_wire_name(obj)}")
+    return obj
+
+
+def parse_command(obj: dict[str, Any]) -> Command:
+    """A decoded map -> its typed command, or ProtocolError (carrying the request id when usable)."""
+    rid: RequestIdValue = None
+    try:
+        rid = RequestId().check("id", obj.get("id"))
+    except ProtocolError:
+        rid = None
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError("message needs a string field \"type\"", rid)
+    cls = COMMANDS.get(kind)
+    if cls is None:
+        known = ", ".join(sorted(COMMANDS))
+        raise ProtocolError(f"unknown message type {_short(kind)!r} (known: {known})", rid)
+    fields = command_fields(cls)
+    names = {name for name, _, _ in fields}
+    for key in obj:
+        if key != "type" and key not in names:
+            raise ProtocolError(f"{kind!r} has no field {_short(str(key))!r}", rid)
+    kwargs: dict[str, Any] = {}
+    for name, s, required in fields:
+        if name not in obj:
+            if required:
+                raise ProtocolError(f"{kind!r} needs the field {name!r} ({s.wire_type})", rid)
+            continue
+        try:
+            kwargs[name] = s.check(f"{kind}.{name}", obj[name])
+        except ProtocolError as e:
+            raise ProtocolError(str(e), rid) from None
+    return cls(**kwargs)
+
+
+def read_command(data: bytes | bytearray | memoryview | str) -> Command:
+    """decode + parse_command: one wire message -> one typed command."""
+    return parse_command(decode(data))
+
+
+# -- server -> client: events -------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    TYPE: ClassVar[str] = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE}
+        for f in dataclasses.fields(self):
+            out[f.name] = getattr(self, f.name)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello(Event):
+    TYPE = "hello"
+    protocol: int = PROTOCOL_VERSION
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack(Event):
+    TYPE = "ack"
+    id: RequestIdValue
+    command: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PromptApplied(Event):
+    TYPE = "prompt_applied"
+    id: RequestIdValue
+    text: str
+    block: int                  # block index in the current stream
+    frame: int                  # frame-bus sequence number of the block's first frame
+    latency_ms: float           # command received -> first block under the prompt generated
+    plays_in_ms: float          # then -> that block's first frame reaches playback
+    time: float                 # server wall clock (Unix seconds) when applied
+    superseded: list[RequestIdValue] = field(default_factory=list)  # ids replaced before any block
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateEvent(Event):
+    TYPE = "state"
+    id: RequestIdValue = None
+    state: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stats(Event):
+    TYPE = "stats"
+    fps: float                  # frames played per second over the last interval
+    gen_fps: float              # frames the generator makes per second of compute (last block)
+    block_ms: float             # last block: DiT + decode
+    dit_ms: float
+    decode_ms: float
+    viewers: int
+    controllers: int
+    block: int
+    frame: int                  # the frame now playing (frame-bus sequence number)
+    buffered: int               # frames generated but not yet played
+    skipped: int                # frames viewers skipped (slow viewers), in total
+    paused: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class ErrorEvent(Event):
+    TYPE = "error"
+    id: RequestIdValue = None
+    message: str
+
+
+EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptApplied, StateEvent, Stats, ErrorEvent)}
+
+
+def encode(event: Event | dict[str, Any], binary: bool = True) -> bytes | str:
+    """An event -> msgpack bytes (binary) or a JSON string (text)."""
+    obj = event.to_wire() if isinstance(event, Event) else event
+    if binary:
+        return msgpack.packb(obj, use_bin_type=True)
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _wire_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, (bytes, bytearray)):
+        return "binary data"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    if isinstance(value, dict):
+        return "a map"
+    return type(value).__name__
+
+
+def _short(text: str, n: int = 40) -> str:
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
