@@ -17,7 +17,7 @@ serve: setup client
 	$(VENV)/bin/longlive serve --host $(HOST) --port $(PORT) $(ARGS)
 
 test: setup-test client browser
-	$(PY) -m pytest $(ARGS)
+	LONGLIVE_REQUIRE_BROWSER=1 $(PY) -m pytest $(ARGS)
 
 bench: setup
 	$(VENV)/bin/longlive bench $(ARGS)
