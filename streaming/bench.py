@@ -95,7 +95,7 @@ def _ms(t0: float) -> float:
 
 
 def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 3, kernels: bool = True,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, peak: float | None = None) -> dict[str, Any]:
     dtype = DTYPES[cfg.runtime.dtype] if device.type == "cuda" else torch.float32
     t0 = time.perf_counter()
     pipe = VideoPipeline.random(cfg, device)
@@ -167,17 +167,17 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
     result.update(dit_flops(cfg))
     vae_tflop = decoder_flops(pipe.decoder, cfg, device, dtype)
     result["decode_tflop_per_block"] = vae_tflop
-    peak = peak_tflops(device)
+    peak = peak or peak_tflops(device)
     total_tflop = result["dit_tflop_per_block"] + (vae_tflop or 0.0)
-    result["peak_tflops_assumed"] = peak
-    if peak:
-        floor_ms = total_tflop / peak * 1e3
-        result["floor_ms_per_block"] = floor_ms
-        result["floor_fps"] = 4 * cfg.block_frames / (floor_ms / 1e3)
-        result["ratio_to_floor"] = block_ms / floor_ms
-        result["achieved_tflops"] = total_tflop / (block_ms / 1e3)
-    if device.type == "cuda":
-        result["peak_memory_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    floor_ms = total_tflop / peak * 1e3 if peak else None
+    result.update({
+        "peak_tflops_assumed": peak,
+        "achieved_tflops": total_tflop / (block_ms / 1e3),
+        "floor_ms_per_block": floor_ms,
+        "floor_fps": 4 * cfg.block_frames / (floor_ms / 1e3) if floor_ms else None,
+        "ratio_to_floor": block_ms / floor_ms if floor_ms else None,
+        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+    })
     result.update(environment(device))
     if kernels:
         result["kernels"] = kernel_table(device, dtype)
@@ -211,7 +211,7 @@ def environment(device: torch.device) -> dict[str, Any]:
     except ImportError:
         env["triton"] = None
     import kernels
-    env["kernels"] = kernels.mode()
+    env["kernel_mode"] = kernels.mode()
     return env
 
 
@@ -230,7 +230,7 @@ def format_table(r: dict[str, Any]) -> str:
     lines = [
         f"LongLive bench: {r['config']} {r['resolution']} {r['dtype']}{' +fp8' if r.get('fp8') else ''} "
         f"decoder={r.get('decoder')} on {r['device']} "
-        f"(torch {r['torch']}, triton {r['triton']}, kernels={r['kernels']})",
+        f"(torch {r['torch']}, triton {r['triton']}, kernels={r['kernel_mode']})",
         f"  DiT per block          {f('dit_ms_per_block', ' ms')}",
         f"  decode per block       {f('decode_ms_per_block', ' ms')}  (VAE + uint8 + host copy)",
         f"  end-to-end             {f('end_to_end_fps', ' fps')}  ({f('realtime_factor', 'x', 2)} real time)",
@@ -264,6 +264,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the DiT (Hopper)")
     p.add_argument("--decoder", choices=("wan", "taehv"), default=None, help="override the config's decoder")
     p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel comparison")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense matrix TFLOP/s for the floor (known for H100/H200/A100...)")
     p.add_argument("--json", type=Path, default=None, help="write the results here (default bench-<config>-<device>.json)")
 
 
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     if args.blocks < 1:
         raise ValueError("--blocks must be at least 1")
-    result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels)
+    result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels, peak=args.peak_tflops)
     print(format_table(result))
     tag = "-fp8" if cfg.runtime.fp8 else ""
     tag += "-taehv" if cfg.vae.kind == "taehv" else ""
