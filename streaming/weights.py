@@ -199,37 +199,50 @@ def check_state(model: nn.Module, sd: Mapping[str, torch.Tensor], path: Path | s
 
 
 def assign_state(model: nn.Module, sd: Mapping[str, torch.Tensor], device: torch.device | str,
-                 dtype_of: callable) -> None:
-    """Move tensors one at a time into a (meta-device) model's parameters."""
+                 dtype_of: callable, delta: Mapping[str, callable] | None = None) -> None:
+    """Move tensors one at a time into a (meta-device) model's parameters.
+
+    `delta[name]()` (a LoRA product) is added in float32 on the device as the tensor moves,
+    so at most one extra matrix exists at any time."""
     params = dict(model.named_parameters())
     buffers = dict(model.named_buffers())
+    delta = delta or {}
     for name, value in sd.items():
-        target = params.get(name)
-        if target is None:
-            if name in buffers:
-                owner, _, leaf = name.rpartition(".")
-                model.get_submodule(owner).register_buffer(leaf, value.to(device=device, dtype=dtype_of(name)))
-            continue
         owner, _, leaf = name.rpartition(".")
         mod = model.get_submodule(owner) if owner else model
-        setattr(mod, leaf, nn.Parameter(value.to(device=device, dtype=dtype_of(name)), requires_grad=False))
+        if name in buffers:
+            mod.register_buffer(leaf, value.to(device=device, dtype=dtype_of(name)))
+            continue
+        if name not in params:
+            continue
+        if name in delta:
+            t = value.to(device=device, dtype=torch.float32, copy=True)  # never add into the checkpoint
+            t += delta[name](t.device)
+            t = t.to(dtype_of(name))
+        else:
+            t = value.to(device=device, dtype=dtype_of(name))
+        setattr(mod, leaf, nn.Parameter(t, requires_grad=False))
 
 
-def merge_lora(sd: dict[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]], alpha: float,
-               path: Path | str) -> dict[str, torch.Tensor]:
-    """W <- W + (alpha / rank) * B @ A, computed in float32 (exact at load; faster at run time)."""
-    out = dict(sd)
+def lora_deltas(sd: Mapping[str, torch.Tensor], lora: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+                alpha: float, path: Path | str) -> dict[str, callable]:
+    """Per weight name, a function giving (alpha / rank) * B @ A in float32 on a device.
+
+    Merging into the weights at load is exact and costs nothing at run time; computing each
+    product only when its weight is moved keeps memory flat."""
+    deltas: dict[str, callable] = {}
     for module, (a, b) in lora.items():
         key = f"{module}.weight"
-        if key not in out:
+        if key not in sd:
             raise WeightsError(f"{path}: LoRA targets {module!r}, which the DiT does not have")
-        w = out[key]
+        w = sd[key]
         rank = a.shape[0]
         if b.shape[1] != rank or (b.shape[0], a.shape[1]) != tuple(w.shape):
             raise WeightsError(f"{path}: LoRA for {module} has A {tuple(a.shape)} and B {tuple(b.shape)}, "
                                f"which do not fit the weight {tuple(w.shape)}")
-        out[key] = (w.float() + (alpha / rank) * (b.float() @ a.float())).to(w.dtype)
-    return out
+        scale = alpha / rank
+        deltas[key] = lambda dev, a=a, b=b, scale=scale: scale * (b.to(dev, torch.float32) @ a.to(dev, torch.float32))
+    return deltas
 
 
 def _dit_dtype_of(dtype: torch.dtype):
@@ -257,9 +270,8 @@ def load_dit(cfg: Config, dit_path: str | Path, lora_path: str | Path | None = N
         model = CausalDiT(cfg.model)
     sd = dit_state(dit_path)
     check_state(model, sd, dit_path)
-    if lora_path is not None:
-        sd = merge_lora(sd, lora_state(lora_path), cfg.lora.alpha, lora_path)
-    assign_state(model, sd, device, _dit_dtype_of(dtype))
+    deltas = lora_deltas(sd, lora_state(lora_path), cfg.lora.alpha, lora_path) if lora_path is not None else None
+    assign_state(model, sd, device, _dit_dtype_of(dtype), deltas)
     log.info("loaded DiT from %s%s", dit_path, f" + LoRA {lora_path}" if lora_path else "")
     return model.eval().requires_grad_(False)
 

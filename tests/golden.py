@@ -63,10 +63,13 @@ class FixtureSet:
         model_keys = ("dim", "ffn_dim", "freq_dim", "text_dim", "text_len", "num_heads", "num_layers",
                       "in_dim", "out_dim", "patch_size", "eps")
         lora = self.meta.get("lora", {}).get("adapter", {})
+        window = g["local_attn_size"]
+        if window == -1:  # the official "global attention": a cache as long as the whole stream
+            window = self.meta["stream"]["num_output_frames"]
         return config_from_mapping({
             "name": f"fixture-{self.name}",
             "model": {k: g[k] for k in model_keys},
-            "window": {"local_attn_size": g["local_attn_size"], "sink_size": g["sink_size"],
+            "window": {"local_attn_size": window, "sink_size": g["sink_size"],
                        "global_sink": pipe["global_sink"] if global_sink is None else global_sink},
             "schedule": {"denoising_steps": pipe["denoising_step_list"], "shift": pipe["timestep_shift"],
                          "warp": pipe["warp_denoising_step"], "context_noise": pipe["context_noise"]},

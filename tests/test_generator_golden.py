@@ -47,10 +47,10 @@ def _run_stream(fixture_set, global_sink: bool, lora: bool):
     gen.trace = lambda *record: trace.append(record)
     gen.reset(t["context_a"], seed=0)
     total = t["stream.noise"].shape[1]
-    switch = case["switch_frame_index"]
+    switch = case.get("switch_frame_index")
     blocks, switched = [], False
     for start in range(0, total, fpb):
-        if start >= switch and not switched:
+        if switch is not None and start >= switch and not switched:
             gen.switch_prompt(t["context_b"])
             switched = True
         blocks.append(gen.next_block())
@@ -67,6 +67,8 @@ def test_stream(fixture_set):
     assert_close(torch.stack([r[3] for r in denoise]).view(shape), t["stream.denoise_inputs"], "denoise inputs")
     assert_close(torch.stack([r[4] for r in denoise]).view(shape), t["stream.denoise_x0"], "denoise x0")
     recache = [r for r in trace if r[0] == "recache"]
+    if "stream.recache.input" not in t:
+        return
     assert len(recache) == 1
     assert_close(recache[0][3], t["stream.recache.input"], "recache input")
     assert_close(recache[0][4], t["stream.recache.x0_pred_discarded"], "recache x0")
