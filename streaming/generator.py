@@ -47,6 +47,9 @@ class GeneratorSnapshot:
 
 
 class StreamingGenerator:
+    # skip re-caching frames whose keys/values the protected sink would discard (see _recache)
+    skip_discarded_recache = True
+
     def __init__(self, dit: CausalDiT, cfg: Config, noise: NoiseSource | None = None, batch: int = 1):
         self.dit, self.cfg, self.batch = dit, cfg, batch
         self.schedule = Schedule.from_config(cfg.schedule)
@@ -126,15 +129,24 @@ class StreamingGenerator:
         """Official re-cache: the newest min(window, frames so far) clean frames are run again
         at the context timestep under the new prompt, overwriting their keys and values in
         place. With global_sink the sink keeps the first prompt (unless the switch comes
-        before the window is full: then the re-cache starts at frame 0 and rewrites it)."""
+        before the window is full: then the re-cache starts at frame 0 and rewrites it).
+
+        With global_sink and a full window, the oldest frames of the re-cache land on the
+        protected sink slots: the official code computes them and throws their keys and
+        values away, and no other frame ever attends to them, so they are skipped here
+        (identical results, a quarter less work for LongLive's 12-frame window)."""
         self.prompt_embedding, self.prompt = embedding, prompt
         n = 0 if self.history is None else min(self.cfg.window.local_attn_size, self.frame)
         if n == 0:
             return
+        start = self.frame - n
+        rewrite_sink = not self.cfg.window.global_sink
+        if start > 0 and not rewrite_sink and self.skip_discarded_recache:
+            skip = max(0, self.window.sink - (self.window.filled - n))
+            n, start = n - skip, start + skip
         frames = self.history[:, -n:]
         t = torch.full((self.batch, n), self.schedule.context_timestep, device=self.device)
-        start = self.frame - n
-        flow = self.dit(frames, t, prompt, self.window, start, rewrite_sink=not self.cfg.window.global_sink)
+        flow = self.dit(frames, t, prompt, self.window, start, rewrite_sink=rewrite_sink)
         if self.trace is not None:
             sigma = float(self.schedule.sigma_of(self.schedule.context_timestep))
             self.trace("recache", self.block, start, frames, self.schedule.flow_to_x0(flow, frames, sigma))

@@ -133,3 +133,18 @@ def test_long_streams_pass_the_official_rope_table_end():
     assert cos.shape == (12, 8) and torch.isfinite(cos).all()
     a = rope.angles(1500, 1, 1, 1)[0, :4]
     assert torch.allclose(a, 1500 * rope.inv[0])
+
+
+@pytest.mark.parametrize("window,sink,block", [(12, 3, 3), (9, 3, 3), (8, 2, 2), (7, 1, 3), (6, 0, 2)])
+def test_skipping_discarded_recache_frames_changes_nothing(window, sink, block, monkeypatch):
+    """The frames a global-sink re-cache would throw away are not computed; outputs agree."""
+    cfg = small_config(local_attn_size=window, sink_size=sink).replace(video={"frames_per_block": block})
+    prompts = [_embedding(cfg, s) for s in (1, 2, 3)]
+    runs = []
+    for skip in (True, False):
+        monkeypatch.setattr(StreamingGenerator, "skip_discarded_recache", skip)
+        gen = _gen(cfg)
+        gen.reset(prompts[0], seed=4)
+        runs.append(_run(gen, 12, {1: prompts[1], 6: prompts[2], 9: prompts[0]}))
+    for a, b in zip(*runs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
