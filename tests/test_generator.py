@@ -137,14 +137,25 @@ def test_long_streams_pass_the_official_rope_table_end():
 
 @pytest.mark.parametrize("window,sink,block", [(12, 3, 3), (9, 3, 3), (8, 2, 2), (7, 1, 3), (6, 0, 2)])
 def test_skipping_discarded_recache_frames_changes_nothing(window, sink, block, monkeypatch):
-    """The frames a global-sink re-cache would throw away are not computed; outputs agree."""
+    """The frames a global-sink re-cache would throw away are not computed: the window holds
+    the same keys and values afterwards, and the stream continues the same."""
     cfg = small_config(local_attn_size=window, sink_size=sink).replace(video={"frames_per_block": block})
     prompts = [_embedding(cfg, s) for s in (1, 2, 3)]
-    runs = []
+    runs, windows = [], []
     for skip in (True, False):
         monkeypatch.setattr(StreamingGenerator, "skip_discarded_recache", skip)
-        gen = _gen(cfg)
+        dit = build_dit(cfg)
+        for blk in dit.blocks:      # make keys and values depend strongly on the prompt
+            blk.cross_attn.o.weight.data *= 20
+        gen = StreamingGenerator(dit, cfg)
         gen.reset(prompts[0], seed=4)
-        runs.append(_run(gen, 12, {1: prompts[1], 6: prompts[2], 9: prompts[0]}))
+        out = _run(gen, 6, {1: prompts[1]})
+        gen.switch_prompt(prompts[2])
+        gen._recache(*gen._pending)             # the re-cache alone, then compare the windows
+        gen._pending = None
+        windows.append([t[:, :gen.window.filled * gen.window.frame_len].clone() for t in gen.window.k + gen.window.v])
+        runs.append(out + _run(gen, 4, {2: prompts[0]}))
+    for a, b in zip(*windows):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
