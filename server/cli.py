@@ -145,42 +145,36 @@ def default_config(args: argparse.Namespace) -> str:
 
 
 # -- generate and bench ----------------------------------------------------------------------
-def _user_errors():
+def _offline(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run an offline command; the errors a user can cause become one line."""
     from streaming import ConfigError, WeightsError
 
     from .videofile import OutputError
-    return (ConfigError, WeightsError, OutputError, ValueError)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ConfigError, WeightsError, OutputError, ValueError) as e:
+        raise UserError(_one_line(e)) from None
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from . import generate
-
-    try:
-        return generate.run(args)
-    except _user_errors() as e:
-        raise UserError(_one_line(e)) from None
+    return _offline(generate.run, args)
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     from . import generate
-
     generate.add_arguments(p)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from streaming import bench
-
-    try:
-        return bench.run(args)
-    except _user_errors() as e:
-        raise UserError(_one_line(e)) from None
+    return _offline(bench.run, args)
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     from streaming import bench
-
     bench.add_arguments(p)
 
 
