@@ -15,7 +15,6 @@ import os
 import tempfile
 from pathlib import Path
 
-import av
 import numpy as np
 
 
@@ -43,6 +42,8 @@ class Mp4Writer:
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mp4", dir=self.path.parent or ".")
         os.close(fd)
         self._tmp = Path(tmp)
+        import av  # here, not at the top: `longlive bench` shares the CLI on machines without PyAV
+        self._av = av
         self._container = av.open(str(self._tmp), mode="w")
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height = width, height
@@ -55,7 +56,7 @@ class Mp4Writer:
     def write(self, frames: np.ndarray) -> None:
         """frames: [N, H, W, 3] uint8 RGB."""
         for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame = self._av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             for packet in self._stream.encode(frame):
                 self._container.mux(packet)
             self.frames += 1

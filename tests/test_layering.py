@@ -36,3 +36,18 @@ def test_no_source_file_in_streaming_or_kernels_names_a_server_library():
             for lib in FORBIDDEN:
                 assert f"import {lib}" not in text and f"from {lib} " not in text and f"from {lib}." not in text, \
                     f"{path.relative_to(REPO)} imports {lib}"
+
+
+def test_longlive_bench_runs_without_aiortc_or_pyav(tmp_path):
+    """GPU machines have torch and triton but no aiortc/av: the bench command must run there."""
+    out = tmp_path / "bench.json"
+    code = (
+        "import sys\n"
+        "for name in ('av', 'aiortc', 'anthropic'): sys.modules[name] = None\n"
+        "from server import cli\n"
+        f"sys.exit(cli.main(['bench', '--config', 'tiny', '--device', 'cpu', '--blocks', '1', '--warmup', '1',"
+        f" '--no-kernels', '--json', {str(out)!r}]))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert out.is_file() and "end-to-end" in run.stdout
