@@ -154,6 +154,18 @@ class Config:
     def block_frames(self) -> int:
         return self.video.frames_per_block
 
+    def to_mapping(self) -> dict[str, Any]:
+        """The preset as plain data (what `load_config` reads back)."""
+        def plain(v: Any) -> Any:
+            if isinstance(v, tuple):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        data = plain(dataclasses.asdict(self))
+        data.pop("source", None)
+        return data
+
     def replace(self, **sections: Any) -> "Config":
         """A copy with some fields replaced; a dict value updates that section."""
         updates: dict[str, Any] = {}
