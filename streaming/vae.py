@@ -63,6 +63,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kernels
+
 from .config import Config, ConfigError, VAEConfig
 from .weights import WeightFiles, WeightsError, check_state, read_checkpoint
 
@@ -114,6 +116,8 @@ class RMSNorm(nn.Module):
         self._scale = (self.gamma.detach().reshape(-1) * math.sqrt(self.dim)).contiguous()
 
     def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+        if kernels.use_triton(x):   # fused norm (+ SiLU) kernel, reading channels-last in place
+            return kernels.rms_norm_channels(x.movedim(-1, 1), self.gamma, silu).movedim(1, -1)
         c = x.shape[-1]
         if c <= SMALL_C and x.device.type == "cpu":
             # a strided loop over a few channels beats a reduction over a short inner axis

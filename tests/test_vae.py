@@ -227,3 +227,21 @@ def test_flop_estimate_matches_the_reference_figure():
     per_frame = decode_flops(full, 3, 60, 104) / 12
     assert 3.0e12 < per_frame < 3.8e12          # about 3.4 TFLOP per 480x832 frame
     assert decode_flops(full, 3, 60, 104, first=True) < decode_flops(full, 3, 60, 104)
+
+
+def test_norm_through_the_fused_kernel_matches(monkeypatch):
+    """With the Triton path (the interpreter here; the GPU in production) the VAE's norm + SiLU
+    goes through kernels.rms_norm_channels on its channels-last activations."""
+    pytest.importorskip("triton")
+    import os
+    if not os.environ.get("TRITON_INTERPRET"):
+        pytest.skip("needs TRITON_INTERPRET=1 (set by the kernel tests) on a CPU-only machine")
+    from streaming.vae import RMSNorm
+    norm = RMSNorm(24)
+    norm.gamma.data = torch.randn(24, 1, 1, 1)
+    norm.pack()
+    x = torch.randn(2, 3, 5, 7, 24)
+    expected = norm(x, silu=True)
+    monkeypatch.setenv("LONGLIVE_KERNELS", "triton")
+    got = norm(x, silu=True)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
