@@ -159,3 +159,22 @@ def test_skipping_discarded_recache_frames_changes_nothing(window, sink, block, 
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     for a, b in zip(*runs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_switch_before_the_window_is_full_rewrites_the_sink_in_both_modes():
+    """Official edge case: a switch before `local_attn_size` frames exist re-caches from frame
+    0 and rewrites the sink whatever global_sink says; later switches keep it (global_sink)."""
+    streams = {}
+    for global_sink in (True, False):
+        cfg = small_config(local_attn_size=12, sink_size=3, global_sink=global_sink)
+        dit = build_dit(cfg)
+        for blk in dit.blocks:   # let the prompt shape the keys and values
+            blk.cross_attn.o.weight.data *= 20
+        p1, p2, p3 = (_embedding(cfg, s) for s in (1, 2, 3))
+        early, late = StreamingGenerator(dit, cfg), StreamingGenerator(dit, cfg)
+        for gen, at in ((early, 2), (late, 6)):   # frame 6 < 12; frame 18 > 12
+            gen.reset(p1, seed=2)
+            streams[(global_sink, at)] = _run(gen, 9, {at: p2 if at == 2 else p3})
+    for a, b in zip(streams[(True, 2)], streams[(False, 2)]):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(streams[(True, 6)][-1], streams[(False, 6)][-1], atol=1e-3)
