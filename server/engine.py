@@ -227,29 +227,49 @@ class Engine:
         return 0.0
 
     def _apply_commands(self) -> None:
-        """At a block boundary: apply everything queued, in order."""
+        """At a block boundary: apply everything queued, in order. Prompts only record what
+        was asked; the switch (text encoding, cross-attention K/V) is done once, for the last
+        of them, after the queue is drained."""
         changed = False
+        switch: PromptCommand | None = None
+        with self._cond:
+            running = self._prompt          # what the pipeline runs under now
+        first_pending = len(self._pending)
         while True:
             with self._cond:
                 if not self._commands:
                     break
                 command, received = self._commands.popleft()
+            if isinstance(command, PromptCommand):
+                with self._cond:
+                    self._prompt = command.text
+                self._pending.append(_PendingPrompt(command, received))
+                switch = command
+                continue
             try:
-                changed |= self._apply(command, received)
+                changed |= self._apply(command)
+                if isinstance(command, SeedCommand):
+                    switch = None          # the restart already runs under the latest prompt
+                    with self._cond:
+                        running = self._prompt
+                    first_pending = len(self._pending)
             except Exception as e:   # a command the pipeline refuses must not end the stream
                 log.exception("could not apply %r", command)
                 self._emit(ErrorEvent(id=command.id, message=f"could not apply {command.TYPE}: {_one_line(e)}"))
+        if switch is not None:
+            try:
+                self.pipe.switch_prompt(switch.text)
+            except Exception as e:   # the stream goes on under the prompt it had
+                log.exception("could not switch to %r", switch.text)
+                with self._cond:
+                    self._prompt = running
+                del self._pending[first_pending:]
+                self._emit(ErrorEvent(id=switch.id, message=f"could not apply prompt: {_one_line(e)}"))
         if changed:
             self._emit(StateEvent(state=self._state_delta()))
 
-    def _apply(self, command: Command, received: float) -> bool:
-        """Apply one command; True if clients should hear the new state."""
-        if isinstance(command, PromptCommand):
-            self.pipe.switch_prompt(command.text)
-            with self._cond:
-                self._prompt = command.text
-            self._pending.append(_PendingPrompt(command, received))
-            return False
+    def _apply(self, command: Command) -> bool:
+        """Apply one non-prompt command; True if clients should hear the new state."""
         if isinstance(command, SeedCommand):
             with self._cond:
                 prompt = self._prompt

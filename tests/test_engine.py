@@ -303,3 +303,26 @@ def test_a_command_the_pipeline_refuses_is_an_error_and_the_stream_goes_on():
 def test_lead_blocks_must_be_positive():
     with pytest.raises(ValueError):
         Engine(FakePipeline(), lead_blocks=0)
+
+
+def test_prompts_within_one_block_switch_the_pipeline_once():
+    """Only the last of several prompts queued in one block is encoded and switched to;
+    the others are reported as superseded."""
+    async def main():
+        events: list = []
+        pipe, clock = FakePipeline(), FakeClock()
+        engine = Engine(pipe, prompt="first", clock=clock)
+        engine.subscribe(events.append, asyncio.get_running_loop())
+        engine.begin()
+        run_until_idle(engine)
+        for i, text in enumerate(["a", "b", "c"]):
+            engine.submit(PromptCommand(text=text, id=i))
+        clock.advance(1)
+        run_until_idle(engine)
+        await asyncio.sleep(0)
+        return pipe, events
+
+    pipe, events = asyncio.run(main())
+    assert [c for c in pipe.calls if c.startswith("switch:")] == ["switch:c"]
+    applied = [e for e in events if isinstance(e, PromptApplied)]
+    assert len(applied) == 1 and applied[0].text == "c" and applied[0].superseded == [0, 1]
