@@ -15,6 +15,7 @@ are launched first, so the programs of one head run together and share its K/V i
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import math
@@ -24,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._runtime import autotune_enabled, check_device, is_interpreted
+from ._runtime import autotune_enabled, check_device, is_interpreted, offline_target
 
 log = logging.getLogger(__name__)
 
@@ -109,25 +110,74 @@ def _attention_fwd(Q, K, V, Out,
     tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
 
-# (BLOCK_M, BLOCK_N, num_warps, num_stages). For D = 128 in bf16 on H100 (sm_90, compiled
-# ahead of time with Triton's ptxas): 128 queries x 64 keys, 8 warps, a 3-deep cp.async
-# pipeline uses 128 KB of shared memory (Q 32 KB + 3 x (K 16 KB + V 16 KB)) and 178 registers
-# per thread with no spill; 128 x 128 tiles need ~254 registers (no spill) and 160/224 KB.
-# 4 warps with 128 queries at D = 128 spill (a 128 x 128 float32 accumulator over 128
-# threads), so they are not offered. Configs that do not fit shared memory (float32) are
-# skipped by the autotuner.
+# (BLOCK_M, BLOCK_N, num_warps, num_stages), best first. For D = 128 in bf16 on H100 (sm_90,
+# compiled ahead of time by `kernels.aot`, no GPU needed): 128 queries x 64 keys, 8 warps, a
+# 3-deep cp.async pipeline feeding wgmma uses 128 KB of shared memory (Q 32 KB + 3 x (K 16 KB
+# + V 16 KB)) and ~180 registers per thread with no spill; 128 x 128 tiles need ~250
+# registers and 160/224 KB. 4 warps with 128 queries at D = 128 spill (a 128 x 128 float32
+# accumulator over 128 threads), so they are not offered. GPUs with 99 KB of shared memory
+# per block (RTX 30xx/40xx/50xx, L4, L40S) fit only the smaller entries: the default is the
+# first entry that fits the device, and the autotuner skips the rest.
 _CONFIGS = {
     128: [(128, 64, 8, 3), (128, 64, 8, 4), (128, 128, 8, 2), (128, 128, 8, 3), (64, 64, 4, 3)],
     64: [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 4)],
 }
-_DEFAULT = {128: (128, 64, 8, 3), 64: (128, 64, 4, 3)}
+_SMALL = (64, 32, 4, 2)   # fits every supported GPU at every head size and dtype
 
 
-def _default(head_dim: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
-    bm, bn, w, s = _DEFAULT[128] if head_dim > 64 else _DEFAULT[64]
-    if dtype == torch.float32:   # twice the bytes per tile; float32 is never the hot path
-        bm, bn, w, s = 64, 32, 4, 2
-    return bm, bn, w, s
+def candidate_configs(head_dim: int) -> list[tuple[int, int, int, int]]:
+    """The (BLOCK_M, BLOCK_N, num_warps, num_stages) the autotuner tries at this head size, best first."""
+    return list(_CONFIGS[128 if head_dim > 64 else 64])
+
+
+def _compiled_shared(args: tuple, head_dim: int, precision: str, config: tuple[int, int, int, int]) -> int:
+    """Shared memory the kernel compiled with `config` needs on the current device (compiled, not run;
+    Triton keeps the compiled kernel for the launch)."""
+    bm, bn, w, s = config
+    kernel = _attention_fwd.warmup(*args, grid=(1, 1), HEAD_DIM=head_dim, BLOCK_M=bm, BLOCK_N=bn,
+                                   PRECISION=precision, num_warps=w, num_stages=s)
+    return int(kernel.metadata.shared)
+
+
+_UNTUNED: dict = {}
+
+
+def untuned_config(args: tuple, head_dim: int, dtype: torch.dtype, device: torch.device,
+                   precision: str) -> tuple[int, int, int, int]:
+    """The choice without autotuning: the best candidate whose compiled kernel fits the device's
+    shared memory per block (H100: the first; RTX 40xx with 99 KB: a smaller one). Decided once
+    per head size, dtype and device."""
+    key = (head_dim, dtype, str(device), offline_target())
+    if key not in _UNTUNED:
+        choice = _SMALL
+        if dtype != torch.float32:   # twice the bytes per tile; float32 is never the hot path
+            limit = max_shared_memory(device)
+            for config in candidate_configs(head_dim):
+                if _compiled_shared(args, head_dim, precision, config) <= limit:
+                    choice = config
+                    break
+        _UNTUNED[key] = choice
+        log.info("attention: untuned tiles for D=%d %s on %s: %s", head_dim, dtype, device, choice)
+    return _UNTUNED[key]
+
+
+def max_shared_memory(device: torch.device) -> int:
+    """Shared memory per block of `device`, as Triton checks it (the compile target's when offline)."""
+    target = offline_target()
+    if target is not None:
+        return target[1]
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _device_shared_memory(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _device_shared_memory(index: int) -> int:
+    try:
+        from triton.compiler.compiler import max_shared_mem
+        return int(max_shared_mem(index))
+    except Exception as exc:  # noqa: BLE001 - an older/newer Triton without this helper
+        log.info("could not read the shared memory of cuda:%d (%s); assuming an H100's", index, exc)
+        return 232448
 
 
 def _autotuned(configs):
@@ -162,8 +212,13 @@ def supported(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
             and k.shape[1] * max(abs(k.stride(1)), abs(v.stride(1)), 1) < 2 ** 31)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(q k^T / sqrt(D)) v; q [B, Lq, H, D], k/v [B, Lk, H, D] (any strides) -> [B, Lq, H, D]."""
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(D)) v; q [B, Lq, H, D], k/v [B, Lk, H, D] (any strides) -> [B, Lq, H, D].
+
+    `config` forces one (BLOCK_M, BLOCK_N, num_warps, num_stages) instead of the autotuner's
+    or the default choice (for benchmarks and the ahead-of-time compile check).
+    """
     if not supported(q, k, v):
         log.debug("attention: shapes %s %s %s / dtype %s not handled by the Triton kernel; using the reference",
                   tuple(q.shape), tuple(k.shape), tuple(v.shape), q.dtype)
@@ -177,15 +232,15 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     args = (q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride()[:3],
             h, lq, lk, LOG2E / math.sqrt(d), _bucket(lq), _bucket(lk))
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
-    if INTERPRETED:
-        bm, bn = INTERPRETER_BLOCKS
+    if INTERPRETED:   # a forced config keeps its tile shape (warps and stages mean nothing here)
+        bm, bn = config[:2] if config else INTERPRETER_BLOCKS
         _attention_fwd[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn,
                                                      PRECISION=precision)
-    elif autotune_enabled():
+    elif config is None and autotune_enabled():
         grid = lambda meta: (triton.cdiv(lq, meta["BLOCK_M"]), b * h)  # noqa: E731
         _TUNED[128 if d > 64 else 64][grid](*args, HEAD_DIM=d, PRECISION=precision)
     else:
-        bm, bn, w, s = _default(d, q.dtype)
+        bm, bn, w, s = config or untuned_config(args, d, q.dtype, q.device, precision)
         _attention_fwd[(triton.cdiv(lq, bm), b * h)](*args, HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn,
                                                      PRECISION=precision, num_warps=w, num_stages=s)
     return out

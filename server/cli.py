@@ -178,11 +178,23 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     bench.add_arguments(p)
 
 
+def cmd_kernels(args: argparse.Namespace) -> int:
+    from streaming import kernel_check
+    return _offline(kernel_check.run, args)
+
+
+def add_kernels_arguments(p: argparse.ArgumentParser) -> None:
+    from streaming import kernel_check
+    kernel_check.add_arguments(p)
+
+
 # -- the table -----------------------------------------------------------------------------------
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("serve", "serve the live stream and the browser client", add_serve_arguments, cmd_serve),
     Subcommand("generate", "render a prompt to an MP4 file, offline", add_generate_arguments, cmd_generate),
     Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, cmd_bench),
+    Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
+                          "report registers, spills and shared memory", add_kernels_arguments, cmd_kernels),
 )
 
 

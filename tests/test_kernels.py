@@ -169,6 +169,25 @@ def test_attention_online_softmax_follows_a_late_winning_key(rng, dtype):
 
 
 @needs_triton
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_every_tile_config_the_autotuner_may_pick_is_correct(rng, head_dim):
+    """Each (BLOCK_M, BLOCK_N) the autotuner offers, with a key count that leaves a partial tail
+    tile and a query count that leaves a partial query tile, on a window-prefix view."""
+    mod = triton_module("triton_attention")
+    dtype = torch.float16 if DEVICE == "cpu" else torch.bfloat16
+    configs = mod.candidate_configs(head_dim)
+    assert configs and all(c[0] % 16 == 0 and c[1] % 16 == 0 for c in configs)
+    for config in configs:
+        bm, bn = config[:2]
+        lq, lk = bm + 7, 2 * bn + 5
+        q = rng.randn(1, lq, 2, head_dim, dtype=dtype, scale=2.0)
+        k, v = _kv(rng, "cache-prefix", 1, lk, 2, head_dim, dtype)
+        out = mod.attention(q, k, v, config=config)
+        assert torch.isfinite(out).all(), rng.msg(f"tiles {config} read past the keys")
+        close(out, _attention_reference(q, k, v), ATTN_TOL[dtype], rng.msg(f"attention tiles {config}"))
+
+
+@needs_triton
 def test_attention_falls_back_for_shapes_it_does_not_handle(rng):
     mod = triton_module("triton_attention")
     q, k, v = (rng.randn(1, 9, 2, 24) for _ in range(3))     # head dim 24: not a power of two
