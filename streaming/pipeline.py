@@ -220,11 +220,12 @@ class _BlockClock:
 def _maybe_fp8(dit, cfg: Config, device: torch.device):
     """FP8 linear layers when the config asks for them and the GPU has FP8 tensor cores."""
     if cfg.runtime.fp8:
-        from .fp8 import convert_blocks_to_fp8, hopper_fp8_available
-        if hopper_fp8_available(device):
+        from .fp8 import convert_blocks_to_fp8, fp8_matmul_available
+        if fp8_matmul_available(device):
             convert_blocks_to_fp8(dit)
         else:
-            log.warning("runtime.fp8 is set but %s has no FP8 tensor cores; running without it", device)
+            log.warning("runtime.fp8 is set but %s has no FP8 tensor cores this torch can use; running without it",
+                        device)
     return dit
 
 
