@@ -3,6 +3,8 @@
 # full-size bench (bf16; FP8 linear layers; the TAEHV fast decoder), then a short table.
 # Needs only torch and triton (+ pytest for the kernel tests); no aiortc, av or weights.
 #   bash bench/gpu.sh [OUTDIR]        (results as JSON in OUTDIR, default bench-results/)
+# BENCH_CONFIG (default longlive), BENCH_DEVICE (default auto) and BLOCKS (default 10) let the
+# same script be tried end to end on a CPU with the tiny config.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${1:-bench-results}"
@@ -15,6 +17,11 @@ echo "== machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "nvidia-smi: not found"
 "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "gpu", torch.cuda.is_available() and torch.cuda.get_device_name(0))'
 "$PY" -c 'import triton; print("triton", triton.__version__)' 2>/dev/null || echo "triton: not installed"
+
+echo "== compiled kernels (registers, spills, shared memory) for this GPU"
+arch=$("$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(10 * M + m)' 2>/dev/null || echo 90)
+"$PY" -m streaming.kernel_check --config "${BENCH_CONFIG:-longlive}" --arch "$arch" --json "$OUT/kernels-sm_$arch.json" \
+  2>&1 | tee "$OUT/kernels.log" | grep -v "Warning\|warn_once" | head -40
 
 echo "== kernel tests (GPU)"
 if ! "$PY" -c 'import pytest, hypothesis' 2>/dev/null; then
@@ -29,7 +36,8 @@ fi
 run_bench() {  # name, extra args
   local name="$1"; shift
   echo "== bench: $name"
-  "$PY" -m streaming.bench --config longlive --blocks "${BLOCKS:-10}" --json "$OUT/bench-$name.json" "$@" \
+  "$PY" -m streaming.bench --config "${BENCH_CONFIG:-longlive}" --device "${BENCH_DEVICE:-auto}" \
+    --blocks "${BLOCKS:-10}" --json "$OUT/bench-$name.json" "$@" \
     2>&1 | tee "$OUT/bench-$name.log" | grep -v "^INFO" || true
 }
 run_bench bf16
