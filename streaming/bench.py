@@ -289,15 +289,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streaming.bench", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, RuntimeError) as exc:
-        print(f"longlive bench: {exc}", file=sys.stderr)
-        return 2
+    from ._cli import module_main
+    return module_main("bench", __doc__, add_arguments, run, argv, log_level=logging.INFO)
 
 
 if __name__ == "__main__":

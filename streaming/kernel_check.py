@@ -110,14 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m streaming.kernel_check", description=__doc__.split("\n\n")[0])
-    add_arguments(p)
-    args = p.parse_args(argv)
-    try:
-        return run(args)
-    except (ValueError, RuntimeError) as exc:
-        print(f"longlive kernels: {exc}", file=sys.stderr)
-        return 2
+    from ._cli import module_main
+    return module_main("kernel_check", __doc__, add_arguments, run, argv)
 
 
 if __name__ == "__main__":
