@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import reference
-from ._runtime import autotune_enabled, check_device, is_interpreted, offline_target
+from ._runtime import SHARED_MEMORY_PER_BLOCK, autotune_enabled, check_device, is_interpreted, offline_target
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,12 @@ def untuned_config(args: tuple, head_dim: int, dtype: torch.dtype, device: torch
         if dtype != torch.float32:   # twice the bytes per tile; float32 is never the hot path
             limit = max_shared_memory(device)
             for config in candidate_configs(head_dim):
-                if _compiled_shared(args, head_dim, precision, config) <= limit:
+                try:
+                    shared = _compiled_shared(args, head_dim, precision, config)
+                except Exception as exc:  # noqa: BLE001 - a config this Triton cannot build: try the next
+                    log.info("attention: tiles %s do not compile here (%s)", config, exc)
+                    continue
+                if shared <= limit:
                     choice = config
                     break
         _UNTUNED[key] = choice
@@ -176,8 +181,11 @@ def _device_shared_memory(index: int) -> int:
         from triton.compiler.compiler import max_shared_mem
         return int(max_shared_mem(index))
     except Exception as exc:  # noqa: BLE001 - an older/newer Triton without this helper
-        log.info("could not read the shared memory of cuda:%d (%s); assuming an H100's", index, exc)
-        return 232448
+        major, minor = torch.cuda.get_device_capability(index)
+        limit = SHARED_MEMORY_PER_BLOCK.get(10 * major + minor, min(SHARED_MEMORY_PER_BLOCK.values()))
+        log.info("could not ask Triton for the shared memory of cuda:%d (%s); sm_%d%d: %d bytes",
+                 index, exc, major, minor, limit)
+        return limit
 
 
 def _autotuned(configs):
