@@ -2,7 +2,9 @@
 
 A fixture root is `$LONGLIVE_FIXTURES` when set, else `../shared/fixtures` beside the
 repository (or `shared/fixtures` inside it). Every subfolder holding a config.json and a
-cases.safetensors is one set; every size is read from its config.json.
+cases.safetensors is one LongLive set; every size is read from its config.json. Every
+subfolder holding taehv.json, taehv_decoder.safetensors and taehv_cases.safetensors is one
+TAEHV set (golden outputs of madebyollin/taehv's own code); its sizes come from taehv.json.
 """
 
 from __future__ import annotations
@@ -36,6 +38,31 @@ def fixture_sets() -> list[Path]:
     if root is None or not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if (p / "config.json").is_file() and (p / "cases.safetensors").is_file())
+
+
+TAEHV_FILES = ("taehv.json", "taehv_decoder.safetensors", "taehv_cases.safetensors")
+
+
+def taehv_sets() -> list[Path]:
+    """The TAEHV sets under the fixture root (found like `fixture_sets`, by their files)."""
+    root = fixture_root()
+    if root is None or not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if all((p / f).is_file() for f in TAEHV_FILES))
+
+
+class TaehvSet:
+    """One TAEHV golden set: `meta` is its taehv.json, `tensors` its cases."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.name = path.name
+        self.meta: dict = json.loads((path / "taehv.json").read_text())
+        self.decoder_file = path / "taehv_decoder.safetensors"
+
+    @functools.cached_property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / "taehv_cases.safetensors"))
 
 
 class FixtureSet:
@@ -74,7 +101,7 @@ class FixtureSet:
             "schedule": {"denoising_steps": pipe["denoising_step_list"], "shift": pipe["timestep_shift"],
                          "warp": pipe["warp_denoising_step"], "context_noise": pipe["context_noise"]},
             "video": {"height": latent["height"] * spatial, "width": latent["width"] * spatial, "fps": 16,
-                      "frames_per_block": pipe["num_frame_per_block"]},
+                      "latent_frames_per_block": pipe["num_frame_per_block"]},
             "lora": {"alpha": lora.get("alpha", 1)},
             "vae": {"dim": vae["dim"], "z_dim": vae["z_dim"], "dim_mult": vae["dim_mult"],
                     "num_res_blocks": vae["num_res_blocks"], "temporal_downsample": vae["temperal_downsample"]},
