@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 
 echo "== compiled kernels (registers, spills, shared memory) for this GPU"
 arch=$("$PY" -c 'import torch; M, m = torch.cuda.get_device_capability(); print(10 * M + m)' 2>/dev/null || echo 90)
-"$PY" -m streaming.kernel_check --config "${BENCH_CONFIG:-longlive}" --arch "$arch" --json "$OUT/kernels-sm_$arch.json" \
+"$PY" -m longlive kernels --config "${BENCH_CONFIG:-longlive}" --arch "$arch" --json "$OUT/kernels-sm_$arch.json" \
   2>&1 | tee "$OUT/kernels.log" | grep -v "Warning\|warn_once" | head -40
 
 echo "== kernel tests (GPU)"
@@ -41,7 +41,7 @@ fi
 run_bench() {  # name, extra args
   local name="$1"; shift
   echo "== bench: $name"
-  "$PY" -m streaming.bench --config "${BENCH_CONFIG:-longlive}" --device "${BENCH_DEVICE:-auto}" \
+  "$PY" -m longlive bench --config "${BENCH_CONFIG:-longlive}" --device "${BENCH_DEVICE:-auto}" \
     --blocks "${BLOCKS:-10}" --json "$OUT/bench-$name.json" "$@" \
     2>&1 | tee "$OUT/bench-$name.log" | grep -v "^INFO" || true
 }

@@ -18,7 +18,7 @@ SHARED_MEMORY_PER_BLOCK = {
     120: 101376,  # RTX 50xx
 }
 
-# Set by `kernels.aot` while it compiles the launches for a GPU this process does not have:
+# Set by the compile report (`bench.compile_report`) while it compiles the launches for a GPU this process does not have:
 # (compute capability, shared memory per block). The launch code then runs on placeholder
 # CPU tensors, untuned, and nothing is launched.
 _offline: tuple[int, int] | None = None

@@ -1,7 +1,9 @@
-"""One dispatch point for every kernel: Triton on CUDA tensors, the torch reference elsewhere.
+"""One dispatch point for every kernel: the fast path on CUDA tensors, the torch reference elsewhere.
 
-`LONGLIVE_KERNELS` forces a path: `torch` (always the reference), `triton` (Triton even on
-CPU tensors, which needs `TRITON_INTERPRET=1`), `auto` (default). Without it, the config's
+The fast paths are the Triton kernels and, for FP8 linear layers, torch's row-wise scaled
+`_scaled_mm` on FP8 tensor cores (`kernels.fp8_scaled_mm`).
+`LONGLIVE_KERNELS` forces a path: `torch` (always the reference), `triton` (the fast paths
+even on CPU tensors, which for Triton needs `TRITON_INTERPRET=1`), `auto` (default). Without it, the config's
 `runtime.kernels` (set through `set_default_mode`) decides.
 """
 
@@ -57,10 +59,14 @@ def use_triton(t: torch.Tensor, forced: str | None = None) -> bool:
     return t.is_cuda
 
 
-def pick(kernel: str, t: torch.Tensor, triton_module: str):
-    """The implementation of `kernel` for tensor `t`: a Triton wrapper or the reference."""
+def pick(kernel: str, t: torch.Tensor, fast_module: str):
+    """The implementation of `kernel` for tensor `t`: the fast one (a Triton wrapper, or
+    torch's FP8 tensor-core product) or the reference. A fast module may say where it runs
+    with `runs_on(device)` (decided once per device); elsewhere the reference serves."""
     if use_triton(t):
-        mod = _triton_module(triton_module)
+        mod = _triton_module(fast_module)
         if mod is not None and hasattr(mod, kernel):
-            return getattr(mod, kernel)
+            runs_on = getattr(mod, "runs_on", None)
+            if runs_on is None or runs_on(t.device):
+                return getattr(mod, kernel)
     return getattr(reference, kernel)

@@ -82,3 +82,27 @@ def rms_norm_channels(x: torch.Tensor, gamma: torch.Tensor, silu: bool = False) 
     if silu:
         y = F.silu(y)
     return y.to(x.dtype)
+
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+
+
+def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[M, K] -> (e4m3 [M, K], float32 scale [M, 1]) with x ~= q * scale (scale = row amax / 448)."""
+    amax = x.abs().amax(dim=-1, keepdim=True).float().clamp_(min=1e-12)
+    scale = amax / FP8_MAX
+    q = (x.float() / scale).clamp_(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def fp8_linear(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor, bias: torch.Tensor | None,
+               out_dtype: torch.dtype) -> torch.Tensor:
+    """An FP8 linear layer: x [..., K] quantised per row to e4m3, times the e4m3 weight
+    [N, K] with a scale per output channel [N, 1], plus bias; returns [..., N] in out_dtype.
+    The reference dequantises both operands and multiplies in float32."""
+    aq, a_scale = quantize_rows(x.reshape(-1, x.shape[-1]))
+    out = (aq.float() * a_scale) @ (weight_q.float() * weight_scale).t()
+    if bias is not None:
+        out = out + bias.float()
+    return out.to(out_dtype).view(*x.shape[:-1], weight_q.shape[0])

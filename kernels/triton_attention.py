@@ -111,7 +111,7 @@ def _attention_fwd(Q, K, V, Out,
 
 
 # (BLOCK_M, BLOCK_N, num_warps, num_stages), best first. For D = 128 in bf16 on H100 (sm_90,
-# compiled ahead of time by `kernels.aot`, no GPU needed): 128 queries x 64 keys, 8 warps, a
+# compiled ahead of time by `bench.compile_report`, no GPU needed): 128 queries x 64 keys, 8 warps, a
 # 3-deep cp.async pipeline feeding wgmma uses 128 KB of shared memory (Q 32 KB + 3 x (K 16 KB
 # + V 16 KB)) and ~180 registers per thread with no spill; 128 x 128 tiles need ~250
 # registers and 160/224 KB. 4 warps with 128 queries at D = 128 spill (a 128 x 128 float32

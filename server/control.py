@@ -241,9 +241,6 @@ class ControlHub:
             "limits": {"message_bytes": MAX_MESSAGE_BYTES, "prompt_chars": MAX_PROMPT_CHARS},
         }
 
-    def stats(self) -> Stats | None:
-        return self._last_stats
-
     async def _stats_loop(self) -> None:
         bus = self.engine.bus
         prev_t, prev_seq = time.monotonic(), bus.playhead()

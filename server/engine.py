@@ -32,6 +32,8 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from streaming.errors import one_line
+
 from .framebus import FrameBus
 from .protocol import (Command, ErrorEvent, Event, PauseCommand, PromptApplied, PromptCommand, ResumeCommand,
                        SeedCommand, StateEvent)
@@ -51,7 +53,7 @@ class Pipeline(Protocol):
 
     def start(self, prompt: str, seed: int = 0) -> None: ...
     def switch_prompt(self, prompt: str) -> None: ...
-    def next_frames(self) -> Any: ...        # FrameBlock: frames, block, first_frame, prompt, dit_ms, decode_ms
+    def next_frames(self) -> Any: ...        # FrameBlock: frames, block, prompt, dit_ms, decode_ms
 
 
 @dataclass
@@ -100,9 +102,9 @@ class Engine:
             raise ValueError("lead_blocks must be at least 1")
         self.pipe = pipe
         self.lead_blocks = lead_blocks
-        block_frames = 4 * _frames_per_block(pipe)
+        video_frames_per_block = 4 * _latent_frames_per_block(pipe)
         # room for the block on air, `lead_blocks` blocks ahead and one block being replaced
-        self.bus = FrameBus(pipe.fps, capacity=ring_frames or (lead_blocks + 2) * block_frames, clock=clock)
+        self.bus = FrameBus(pipe.fps, capacity=ring_frames or (lead_blocks + 2) * video_frames_per_block, clock=clock)
         self._clock = clock
         self._prompt = prompt          # the prompt asked for last (applies at the next block)
         self._seed = seed
@@ -115,7 +117,7 @@ class Engine:
         self._pending: list[_PendingPrompt] = []
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
         self._timing = BlockTiming()
-        self._last_block_frames = 0
+        self._last_block_video_frames = 0
         self._blocks = 0               # blocks generated since the server started
         self._failed: str | None = None
 
@@ -200,7 +202,7 @@ class Engine:
         except Exception as e:  # the stream cannot go on; say so to every client and stop
             log.exception("the generator failed")
             with self._cond:
-                self._failed = f"{type(e).__name__}: {_one_line(e)}"
+                self._failed = f"{type(e).__name__}: {one_line(e)}"
             self._emit(ErrorEvent(message=f"the generator stopped: {self._failed}"))
             self._emit(StateEvent(state={"failed": self._failed}))
         finally:
@@ -220,7 +222,7 @@ class Engine:
         self._apply_commands()
         if self.bus.paused:
             return MAX_WAIT_S
-        wait = self.bus.time_until_ahead(self.lead_blocks * self._last_block_frames)
+        wait = self.bus.time_until_ahead(self.lead_blocks * self._last_block_video_frames)
         if wait > 0:
             return wait
         self._generate_block()
@@ -255,7 +257,7 @@ class Engine:
                     first_pending = len(self._pending)
             except Exception as e:   # a command the pipeline refuses must not end the stream
                 log.exception("could not apply %r", command)
-                self._emit(ErrorEvent(id=command.id, message=f"could not apply {command.TYPE}: {_one_line(e)}"))
+                self._emit(ErrorEvent(id=command.id, message=f"could not apply {command.TYPE}: {one_line(e)}"))
         if switch is not None:
             try:
                 self.pipe.switch_prompt(switch.text)
@@ -264,7 +266,7 @@ class Engine:
                 with self._cond:
                     self._prompt = running
                 del self._pending[first_pending:]
-                self._emit(ErrorEvent(id=switch.id, message=f"could not apply prompt: {_one_line(e)}"))
+                self._emit(ErrorEvent(id=switch.id, message=f"could not apply prompt: {one_line(e)}"))
         if changed:
             self._emit(StateEvent(state=self._state_delta()))
 
@@ -290,7 +292,7 @@ class Engine:
         done = self._clock()
         with self._cond:
             self._timing = BlockTiming(blk.block, len(frames), float(blk.dit_ms), float(blk.decode_ms))
-            self._last_block_frames = len(frames)
+            self._last_block_video_frames = len(frames)
             self._blocks += 1
             pending, self._pending = self._pending, []
         if pending:
@@ -314,14 +316,9 @@ class Engine:
         return {"prompt": s.prompt, "seed": s.seed, "paused": s.paused}
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def _frames_per_block(pipe: Any) -> int:
+def _latent_frames_per_block(pipe: Any) -> int:
     """Latent frames per block from the pipeline's config (3 when it has none)."""
     try:
-        return int(pipe.cfg.video.frames_per_block)
+        return int(pipe.cfg.latent_frames_per_block)
     except AttributeError:
         return 3

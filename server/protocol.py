@@ -8,7 +8,7 @@ else raises `ProtocolError` with one sentence for the client. Server messages ar
 `Event` dataclasses below, encoded with `encode`.
 
 To add a command: write a `Command` subclass with its fields (each described by a `Text`,
-`Integer`, `Number`, `Flag` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
+`Integer` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
 handle it in the engine (or the control hub) and describe it in docs/PROTOCOL.md.
 """
 
@@ -16,22 +16,23 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import msgpack
 
+from streaming.errors import UserError, one_line
+from streaming.noise import SEED_MAX
+
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024      # one encoded control message
 MAX_PROMPT_CHARS = 2000            # one prompt
 MAX_ID_CHARS = 128                 # a string request id
-SEED_MAX = 2**53 - 1               # the largest integer a browser represents exactly
 
 RequestIdValue = Union[str, int, None]
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A message that cannot be used: `str(err)` is the sentence sent back to the client."""
 
     def __init__(self, message: str, id: RequestIdValue = None):
@@ -80,30 +81,6 @@ class Integer(Spec):
             raise ProtocolError(f"{where} must be an integer, not {_wire_name(value)}")
         if not self.lo <= value <= self.hi:
             raise ProtocolError(f"{where} must be between {self.lo} and {self.hi}")
-        return value
-
-
-@dataclass(frozen=True)
-class Number(Spec):
-    lo: float
-    hi: float
-    wire_type: ClassVar[str] = "float"
-
-    def check(self, where: str, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ProtocolError(f"{where} must be a finite number, not {_wire_name(value)}")
-        if not self.lo <= value <= self.hi:
-            raise ProtocolError(f"{where} must be between {self.lo} and {self.hi}")
-        return float(value)
-
-
-@dataclass(frozen=True)
-class Flag(Spec):
-    wire_type: ClassVar[str] = "bool"
-
-    def check(self, where: str, value: Any) -> bool:
-        if not isinstance(value, bool):
-            raise ProtocolError(f"{where} must be true or false, not {_wire_name(value)}")
         return value
 
 
@@ -193,7 +170,7 @@ def decode(data: bytes | bytearray | memoryview | str) -> dict[str, Any]:
         try:
             obj = json.loads(data)
         except (ValueError, RecursionError) as e:
-            raise ProtocolError(f"text message is not valid JSON ({_first_line(e)})") from None
+            raise ProtocolError(f"text message is not valid JSON ({one_line(e)})") from None
     elif isinstance(data, (bytes, bytearray, memoryview)):
         if len(data) > MAX_MESSAGE_BYTES:
             raise ProtocolError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
@@ -349,7 +326,3 @@ def _wire_name(value: Any) -> str:
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n] + "..."
-
-
-def _first_line(e: BaseException) -> str:
-    return str(e).splitlines()[0] if str(e) else type(e).__name__

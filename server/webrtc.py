@@ -22,6 +22,8 @@ from typing import Callable
 
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
+from streaming.errors import UserError
+
 from .framebus import FrameBus
 from .track import BusVideoTrack
 
@@ -30,7 +32,7 @@ log = logging.getLogger(__name__)
 CONTROL_LABEL = "control"
 
 
-class OfferError(ValueError):
+class OfferError(UserError, ValueError):
     """An offer we cannot answer; the message is one sentence for the client."""
 
 
@@ -57,9 +59,6 @@ class SessionManager:
 
     def skipped(self) -> int:
         return sum(s.track.skipped for s in self._sessions.values())
-
-    def get(self, session_id: str) -> Session | None:
-        return self._sessions.get(session_id)
 
     def __iter__(self):
         return iter(list(self._sessions.values()))

@@ -16,8 +16,10 @@ from typing import Any
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A preset that cannot be used; the message is one sentence for the user."""
 
 
@@ -72,7 +74,7 @@ class VideoConfig:
     height: int = 480
     width: int = 832
     fps: int = 16
-    frames_per_block: int = 3
+    latent_frames_per_block: int = 3   # latent frames per generated block (x4 video frames)
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ class RuntimeConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "longlive"
-    seed: int = 0
+    weights_seed: int = 0   # seeds the random weights (no weights given); not the stream's noise seed
     model: ModelConfig = field(default_factory=ModelConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -151,8 +153,9 @@ class Config:
         return (self.latent_height // ph) * (self.latent_width // pw)
 
     @property
-    def block_frames(self) -> int:
-        return self.video.frames_per_block
+    def latent_frames_per_block(self) -> int:
+        """Latent frames the generator makes per block (3 for LongLive: 12 video frames)."""
+        return self.video.latent_frames_per_block
 
     def to_mapping(self) -> dict[str, Any]:
         """The preset as plain data (what `load_config` reads back)."""
@@ -265,7 +268,7 @@ def _validate(cfg: Config) -> None:
     positive = {
         "model.dim": m.dim, "model.ffn_dim": m.ffn_dim, "model.num_layers": m.num_layers,
         "model.text_len": m.text_len, "model.freq_dim": m.freq_dim, "video.fps": v.fps,
-        "video.frames_per_block": v.frames_per_block, "window.local_attn_size": w.local_attn_size,
+        "video.latent_frames_per_block": v.latent_frames_per_block, "window.local_attn_size": w.local_attn_size,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -274,9 +277,9 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{where}: model.freq_dim must be even, not {m.freq_dim}")
     if not 0 <= w.sink_size < w.local_attn_size:
         raise ConfigError(f"{where}: window.sink_size must be at least 0 and below local_attn_size ({w.local_attn_size})")
-    if w.local_attn_size - w.sink_size < v.frames_per_block:
+    if w.local_attn_size - w.sink_size < v.latent_frames_per_block:
         raise ConfigError(f"{where}: the rolling part of the window (local_attn_size - sink_size = "
-                          f"{w.local_attn_size - w.sink_size}) must hold a block of {v.frames_per_block} frames")
+                          f"{w.local_attn_size - w.sink_size}) must hold a block of {v.latent_frames_per_block} latent frames")
     s = cfg.schedule
     if not s.denoising_steps or any(not 0 < t <= s.num_train_timesteps for t in s.denoising_steps):
         raise ConfigError(f"{where}: schedule.denoising_steps must be timesteps in (0, {s.num_train_timesteps}]")
@@ -313,11 +316,17 @@ def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Conf
             kwargs[key] = _build(_SECTIONS[key], value, f"{source}: {key}")
         elif key == "name":
             kwargs[key] = _coerce(value, str, f"{source}: name")
-        elif key == "seed":
-            kwargs[key] = _coerce(value, int, f"{source}: seed")
+        elif key == "weights_seed":
+            kwargs[key] = _coerce(value, int, f"{source}: weights_seed")
     cfg = Config(**kwargs)
     _validate(cfg)
     return cfg
+
+
+def choose_preset(config: str | Path | None, weights: str | Path | None) -> str | Path:
+    """The preset to load: the one asked for, else `longlive` when weights are given (the real
+    model), else the tiny embedded default."""
+    return config or ("longlive" if weights else "tiny")
 
 
 def preset_names() -> list[str]:
@@ -328,7 +337,7 @@ def load_config(name_or_path: str | Path = "tiny") -> Config:
     """Load a preset by name (`tiny`, `longlive`) or by path to a YAML file."""
     text_path = str(name_or_path)
     path = Path(text_path)
-    if not path.suffix and not path.exists():
+    if not path.suffix and not path.is_file():
         candidate = resources.files("configs").joinpath(f"{text_path}.yaml")
         if not candidate.is_file():
             raise ConfigError(f"no config named {text_path!r}; presets: {', '.join(preset_names())}, or give a path to a .yaml file")

@@ -37,45 +37,55 @@ def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
 
 
 class RMSNorm(nn.Module):
+    """RMSNorm over the full projection width (Wan's q/k norm), split into heads, and with
+    `cos`/`sin` given, RoPE on each head: one fused kernel (`kernels.rms_norm_rope`)."""
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
+    def forward(self, x: torch.Tensor, num_heads: int, cos: torch.Tensor | None = None,
+                sin: torch.Tensor | None = None) -> torch.Tensor:
+        """[B, L, C] -> [B, L, H, C/H] in x's dtype."""
+        return kernels.rms_norm_rope(x, self.weight, cos, sin, num_heads, self.eps)
 
-class SelfAttention(nn.Module):
+
+class Attention(nn.Module):
+    """What self- and cross-attention share: q/k/v/o projections and the q/k RMSNorms."""
+
     def __init__(self, dim: int, num_heads: int, eps: float):
         super().__init__()
-        self.num_heads, self.eps = num_heads, eps
+        self.num_heads = num_heads
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
 
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, L, C] -> [B, L, H, C/H] (a view)."""
+        return x.view(*x.shape[:2], self.num_heads, -1)
+
+
+class SelfAttention(Attention):
+    """Video tokens against the KV window: RoPE at absolute positions, K/V written in place."""
+
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, window: KVWindow,
                 layer: int, plan: WindowPlan) -> torch.Tensor:
-        b, n, _ = x.shape
-        q = kernels.rms_norm_rope(self.q(x), self.norm_q.weight, cos, sin, self.num_heads, self.eps)
-        k = kernels.rms_norm_rope(self.k(x), self.norm_k.weight, cos, sin, self.num_heads, self.eps)
-        v = self.v(x).view(b, n, self.num_heads, -1)
-        window.write(layer, plan, k, v)
+        q = self.norm_q(self.q(x), self.num_heads, cos, sin)
+        k = self.norm_k(self.k(x), self.num_heads, cos, sin)
+        window.write(layer, plan, k, self.heads(self.v(x)))
         keys, values = window.view(layer, plan)
         return self.o(kernels.attention(q, keys, values).flatten(2))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, dim: int, num_heads: int, eps: float):
-        super().__init__()
-        self.num_heads, self.eps = num_heads, eps
-        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
-        self.norm_q, self.norm_k = RMSNorm(dim, eps), RMSNorm(dim, eps)
+class CrossAttention(Attention):
+    """Video tokens against the prompt's text tokens (no RoPE); K/V computed once per prompt."""
 
     def prompt_kv(self, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of the embedded prompt [B, T, C] -> 2 x [B, T, H, D]."""
-        b, t, _ = text.shape
-        k = kernels.rms_norm_rope(self.k(text), self.norm_k.weight, None, None, self.num_heads, self.eps)
-        return k, self.v(text).view(b, t, self.num_heads, -1)
+        return self.norm_k(self.k(text), self.num_heads), self.heads(self.v(text))
 
     def forward(self, x: torch.Tensor, kv: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        q = kernels.rms_norm_rope(self.q(x), self.norm_q.weight, None, None, self.num_heads, self.eps)
+        q = self.norm_q(self.q(x), self.num_heads)
         return self.o(kernels.attention(q, kv[0], kv[1]).flatten(2))
 
 
@@ -212,7 +222,3 @@ class CausalDiT(nn.Module):
         out = self.head(x, e, dtype)                                                          # [B, L, ph*pw*C]
         out = out.float().view(b, f, rows, cols, ph, pw, cfg.out_dim)
         return out.permute(0, 1, 6, 2, 4, 3, 5).reshape(b, f, cfg.out_dim, rows * ph, cols * pw)
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

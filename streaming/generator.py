@@ -56,13 +56,13 @@ class StreamingGenerator:
         w = cfg.window
         self.window = dit.new_window(w.local_attn_size, w.sink_size, cfg.frame_seq_length, batch)
         self.device = dit.patch_embedding.weight.device
-        self.block_shape = (batch, cfg.block_frames, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
+        self.block_shape = (batch, cfg.latent_frames_per_block, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
         self._noise_override = noise
         self.noise: NoiseSource = noise or SeededNoise(0)
         self.seed = 0
         self.trace: TraceHook | None = None
         # timestep tensors, made once: no host work inside a block
-        f = cfg.block_frames
+        f = cfg.latent_frames_per_block
         self._t_steps = [torch.full((batch, f), float(t), device=self.device) for t in self.schedule.steps]
         self._t_context = torch.full((batch, f), self.schedule.context_timestep, device=self.device)
         self._sigmas = self.schedule.step_sigmas

@@ -152,7 +152,3 @@ class KVWindow:
         for dst, src in zip(self.k + self.v, snap.k + snap.v):
             dst[:, :n].copy_(src)
         self.end, self.filled, self.offset = snap.end, snap.filled, snap.offset
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 INITIAL = -1  # the `step` of a block's initial noise; renoise draws are steps 0, 1, ...
+SEED_MAX = 2**53 - 1  # the largest stream seed: the largest integer a browser represents exactly
 
 
 class NoiseSource(Protocol):

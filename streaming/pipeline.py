@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,7 @@ import torch
 import kernels
 
 from .config import Config
+from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
 from .weights import WeightFiles, build_dit, load_dit, locate
 
@@ -48,24 +49,23 @@ class Decoder(Protocol):
 class FrameBlock:
     frames: np.ndarray          # [N, H, W, 3] uint8
     block: int                  # block index in the stream
-    first_frame: int            # video frame index of frames[0]
-    prompt: str
+    prompt: str                 # the prompt the block was generated under
     dit_ms: float
     decode_ms: float
-    switched: bool = False      # the first block under a new prompt
 
 
 @dataclass
 class PipelineSnapshot:
+    """The whole stream at a block boundary: generator (window, latent tail, noise), decoder
+    cache and prompts. Restoring it and generating equals never having left."""
+
     generator: GeneratorSnapshot
     decoder: Any
     prompt: str
     pending_prompt: str | None
-    frames_out: int
-    extra: dict = field(default_factory=dict)
 
 
-class DeviceError(ValueError):
+class DeviceError(UserError, ValueError):
     """A device that cannot be used; one sentence for the user."""
 
 
@@ -101,7 +101,6 @@ class VideoPipeline:
         self.device = generator.device
         self.prompt = ""
         self._pending_prompt: str | None = None
-        self.frames_out = 0
         self._pinned: torch.Tensor | None = None
 
     # -- construction ------------------------------------------------------
@@ -142,21 +141,27 @@ class VideoPipeline:
     def size(self) -> tuple[int, int]:
         return self.cfg.video.width, self.cfg.video.height
 
-    def start(self, prompt: str, seed: int = 0) -> None:
-        self.prompt, self._pending_prompt = prompt, None
-        self.generator.reset(self.text.encode(prompt), seed)
-        self.decoder.reset()
-        self.frames_out = 0
+    def encode(self, prompt: str) -> torch.Tensor:
+        """The prompt's text embedding (cached by prompt). Safe to call from another thread
+        while this one generates, so a new prompt can be encoded without stalling the stream."""
+        return self.text.encode(prompt)
 
-    def switch_prompt(self, prompt: str) -> None:
+    def start(self, prompt: str, seed: int = 0, embedding: torch.Tensor | None = None) -> None:
+        """A new stream under `prompt` (its `embedding` when already encoded) with noise seed `seed`."""
+        embedding = self.encode(prompt) if embedding is None else embedding
+        self.generator.reset(embedding, seed)
+        self.decoder.reset()
+        self.prompt, self._pending_prompt = prompt, None
+
+    def switch_prompt(self, prompt: str, embedding: torch.Tensor | None = None) -> None:
         """Takes effect at the next block (KV re-cache with the new prompt)."""
-        self.generator.switch_prompt(self.text.encode(prompt))
+        embedding = self.encode(prompt) if embedding is None else embedding
+        self.generator.switch_prompt(embedding)
         self._pending_prompt = prompt
 
     @torch.no_grad()
     def next_frames(self) -> FrameBlock:
-        switched = self._pending_prompt is not None
-        if switched:
+        if self._pending_prompt is not None:
             self.prompt, self._pending_prompt = self._pending_prompt, None
         block = self.generator.block
         clock = _BlockClock(self.device)
@@ -164,18 +169,18 @@ class VideoPipeline:
         clock.mark()
         frames = self._to_host(to_uint8(self.decoder.decode(latents)))  # the one sync point of a block
         dit_ms, decode_ms = clock.finish()
-        out = FrameBlock(frames, block, self.frames_out, self.prompt, dit_ms, decode_ms, switched)
-        self.frames_out += len(frames)
-        return out
+        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms)
 
-    def snapshot(self) -> PipelineSnapshot:
-        return PipelineSnapshot(self.generator.snapshot(), self.decoder.state(), self.prompt,
-                                self._pending_prompt, self.frames_out)
+    def snapshot(self, device: torch.device | str | None = None) -> PipelineSnapshot:
+        """The stream at this block boundary (`device="cpu"` keeps GPU memory free)."""
+        return PipelineSnapshot(self.generator.snapshot(device), self.decoder.state(), self.prompt,
+                                self._pending_prompt)
 
     def restore(self, snap: PipelineSnapshot) -> None:
+        """Back to a snapshot's block boundary; the snapshot stays usable for another restore."""
         self.generator.restore(snap.generator)
         self.decoder.set_state(snap.decoder)
-        self.prompt, self._pending_prompt, self.frames_out = snap.prompt, snap.pending_prompt, snap.frames_out
+        self.prompt, self._pending_prompt = snap.prompt, snap.pending_prompt
 
     # -- internals ------------------------------------------------------------
     def _to_host(self, frames: torch.Tensor) -> np.ndarray:
@@ -220,8 +225,8 @@ class _BlockClock:
 def _maybe_fp8(dit, cfg: Config, device: torch.device):
     """FP8 linear layers when the config asks for them and the GPU has FP8 tensor cores."""
     if cfg.runtime.fp8:
-        from .fp8 import convert_blocks_to_fp8, fp8_matmul_available
-        if fp8_matmul_available(device):
+        from .fp8 import convert_blocks_to_fp8
+        if kernels.fp8_tensor_cores(device):
             convert_blocks_to_fp8(dit)
         else:
             log.warning("runtime.fp8 is set but %s has no FP8 tensor cores this torch can use; running without it",

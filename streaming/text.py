@@ -49,6 +49,7 @@ import html
 import logging
 import math
 import re
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -205,10 +206,10 @@ def encoder_dtype(device: torch.device) -> torch.dtype:
 
 
 def build_tiny_encoder(cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                       seed: int | None = None) -> UMT5Encoder:
+                       weights_seed: int | None = None) -> UMT5Encoder:
     """A UMT5 encoder with seeded random weights (drawn on the CPU, so identical on every device)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed if seed is None else seed)
+        torch.manual_seed(cfg.weights_seed if weights_seed is None else weights_seed)
         with torch.device("cpu"):
             model = UMT5Encoder(cfg.text)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -353,6 +354,7 @@ class PromptEncoder:
         self.cache_size = cfg.text.cache_size if cache_size is None else cache_size
         self.passes = 0  # encoder passes run (cache misses)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()   # one encoding at a time, from whichever thread asks
 
     @property
     def offloaded(self) -> bool:
@@ -409,8 +411,14 @@ class PromptEncoder:
 
     @torch.no_grad()
     def encode(self, prompt: str) -> torch.Tensor:
-        """[1, text_len, text_dim] float32 on the device; rows past the real tokens are zero."""
+        """[1, text_len, text_dim] float32 on the device; rows past the real tokens are zero.
+        Thread-safe: the server encodes new prompts off its generation thread."""
         key = clean_prompt(prompt)
+        with self._lock:
+            return self._encode(key)
+
+    def _encode(self, key: str) -> torch.Tensor:
+        """`encode` under the lock: the cache, else one encoder pass."""
         hit = self._cache.get(key)
         if hit is not None:
             self._cache.move_to_end(key)
@@ -430,7 +438,9 @@ class PromptEncoder:
 
     def cached_prompts(self) -> list[str]:
         """Cleaned prompts in the cache, least recently used first."""
-        return list(self._cache)
+        with self._lock:
+            return list(self._cache)
 
     def clear_cache(self) -> None:
-        self._cache.clear()
+        with self._lock:
+            self._cache.clear()

@@ -371,8 +371,8 @@ INIT_BIAS_STD = 0.05
 INIT_TIME_NOISE = 0.2
 
 
-def init_random(model: WanVAEDecoder, seed: int) -> WanVAEDecoder:
-    g = torch.Generator().manual_seed(seed)
+def init_random(model: WanVAEDecoder, weights_seed: int) -> WanVAEDecoder:
+    g = torch.Generator().manual_seed(weights_seed)
 
     def normal_(p: torch.Tensor, std: float) -> None:
         with torch.no_grad():
@@ -515,29 +515,22 @@ def load_vae(cfg: VAEConfig, path: str | Path) -> WanVAEDecoder:
     return model
 
 
-def build_vae(cfg: VAEConfig, seed: int) -> WanVAEDecoder:
+def build_vae(cfg: VAEConfig, weights_seed: int) -> WanVAEDecoder:
     """A `WanVAEDecoder` with seeded random weights."""
-    return init_random(WanVAEDecoder(cfg), seed)
+    return init_random(WanVAEDecoder(cfg), weights_seed)
 
 
 def make_decoder(cfg: Config, files: WeightFiles | None, device: torch.device | str,
                  dtype: torch.dtype = torch.float32):
     """The pipeline's decoder: official weights from `files.vae` (or `files.taehv` with
-    vae.kind taehv), or seeded random weights from `cfg.seed` when `files` is None."""
+    vae.kind taehv), or seeded random weights from `cfg.weights_seed` when `files` is None."""
     if cfg.vae.kind == "taehv":
-        from .taehv import load_taehv, random_taehv
-        dev = torch.device(device)
-        dt = torch.float32 if dev.type == "cpu" else dtype
-        if files is None:
-            return random_taehv(dev, dt, cfg.seed, latent_channels=cfg.model.in_dim)
-        if files.taehv is None:
-            raise WeightsError(f"vae.kind taehv needs taew2_1.pth (the TAEHV weights from madebyollin/taehv, "
-                               f"downloaded by you) in {files.root}")
-        return load_taehv(files.taehv, dev, dt)
+        from .taehv import make_taehv
+        return make_taehv(cfg, files, device, dtype)
     if cfg.vae.kind != "wan":
         raise ConfigError(f"{cfg.source}: unknown vae.kind {cfg.vae.kind!r}")
     if files is None:
-        model = build_vae(cfg.vae, cfg.seed)
+        model = build_vae(cfg.vae, cfg.weights_seed)
     else:
         if files.vae is None:
             raise WeightsError(f"no VAE weights in {files.root}: expected Wan2.1_VAE.pth "

@@ -16,7 +16,6 @@ to the device one tensor at a time, so a model is never held twice in memory.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -26,11 +25,12 @@ import torch.nn as nn
 
 from .config import Config
 from .dit import CausalDiT
+from .errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class WeightsError(RuntimeError):
+class WeightsError(UserError, RuntimeError):
     """A weights problem the user can fix; the message is one sentence naming the file."""
 
 
@@ -63,11 +63,6 @@ class WeightFiles:
     def dit(self) -> Path | None:
         """The DiT to load: LongLive's own (it replaces every base weight), else the base."""
         return self.longlive or self.dit_base
-
-    def describe(self) -> str:
-        found = [f"{k}={getattr(self, k).relative_to(self.root)}" for k in
-                 ("longlive", "dit_base", "lora", "vae", "t5", "tokenizer", "taehv") if getattr(self, k)]
-        return ", ".join(found) or "nothing"
 
 
 def locate(root: str | Path) -> WeightFiles:
@@ -252,11 +247,11 @@ def _dit_dtype_of(dtype: torch.dtype):
 
 
 def build_dit(cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-              seed: int | None = None) -> CausalDiT:
+              weights_seed: int | None = None) -> CausalDiT:
     """A DiT with seeded random weights (the embedded default, benchmarks)."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(cfg.seed if seed is None else seed)
+        torch.manual_seed(cfg.weights_seed if weights_seed is None else weights_seed)
         with device:
             model = CausalDiT(cfg.model)
     return model.cast_(dtype).eval().requires_grad_(False)
@@ -279,9 +274,3 @@ def load_dit(cfg: Config, dit_path: str | Path, lora_path: str | Path | None = N
 def parameter_count(cfg: Config) -> int:
     with torch.device("meta"):
         return sum(p.numel() for p in CausalDiT(cfg.model).parameters())
-
-
-def human_bytes(n: float) -> str:
-    units = ["B", "KB", "MB", "GB", "TB"]
-    i = min(int(math.log(max(n, 1), 1024)), len(units) - 1)
-    return f"{n / 1024 ** i:.2f} {units[i]}"

@@ -17,7 +17,7 @@ FIELDS = {
 
 def test_bench_tiny_cpu_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, "-m", "server.cli", "bench", "--config", "tiny", "--device", "cpu",
+    run = subprocess.run([sys.executable, "-m", "longlive", "bench", "--config", "tiny", "--device", "cpu",
                           "--blocks", "2", "--warmup", "1", "--peak-tflops", "1.0", "--json", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -25,7 +25,7 @@ def test_bench_tiny_cpu_writes_every_field(tmp_path):
     assert FIELDS <= r.keys(), FIELDS - r.keys()
     assert r["device_type"] == "cpu" and r["peak_memory_gb"] is None
     assert r["dit_ms_per_block"] > 0 and r["decode_ms_per_block"] > 0 and r["end_to_end_fps"] > 0
-    assert r["first_block_frames"] == 9 and r["frames_per_block"] == 12
+    assert r["first_block_video_frames"] == 9 and r["video_frames_per_block"] == 12
     # FLOPs counted from the config: 5 forwards per block
     assert abs(r["dit_tflop_per_block"] - 5 * r["dit_tflop_per_forward"]) < 1e-9
     assert r["ratio_to_floor"] > 1  # a CPU at an assumed 1 TFLOP/s floor cannot beat it
@@ -37,7 +37,7 @@ def test_bench_tiny_cpu_writes_every_field(tmp_path):
 def test_bench_full_size_flops_match_the_arithmetic():
     """28 TFLOP per steady-state forward at 832x480 (facts: ~140 TFLOP per block of 5)."""
     from streaming import load_config
-    from streaming.bench import dit_flops
+    from bench.speed import dit_flops
     f = dit_flops(load_config("longlive"))
     assert 27.5 < f["dit_tflop_per_forward"] < 29.0
     assert 138 < f["dit_tflop_per_block"] < 145

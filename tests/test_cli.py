@@ -1,4 +1,4 @@
-"""`longlive`: the subcommand table, one-line errors with exit status 2, clean Ctrl-C."""
+"""`longlive`: the subcommand table, one-line errors with exit status 2, clean Ctrl-C, a fast --help."""
 
 from __future__ import annotations
 
@@ -12,28 +12,30 @@ import time
 
 import pytest
 
-from server import cli
+from longlive import cli
+from streaming.config import choose_preset
 from test_webrtc import REPO, free_port
 
 
 def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=REPO, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "longlive", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "LONGLIVE_WEIGHTS": "", **(env or {})})
 
 
-def test_every_subcommand_is_a_cmd_function_in_one_table():
+def test_every_subcommand_is_one_row_naming_the_function_its_room_runs():
     parser = cli.build_parser()
-    names = [c.name for c in cli.SUBCOMMANDS]
-    assert "serve" in names
+    assert [c.name for c in cli.SUBCOMMANDS] == ["serve", "generate", "bench", "kernels"]
+    rooms = {"serve": "server.serve:run", "generate": "studio.generate:run", "bench": "bench.speed:run",
+             "kernels": "bench.kernel_check:run"}
     for command in cli.SUBCOMMANDS:
-        assert command.run.__name__ == f"cmd_{command.name}"
-        assert getattr(cli, f"cmd_{command.name}") is command.run
+        assert command.run == rooms[command.name]
+        assert callable(command.target()) and command.target().__name__ == "run"
     args = parser.parse_args(["serve"])
-    assert args.run is cli.cmd_serve
+    assert args.subcommand.name == "serve"
     assert (args.config, args.host, args.port, args.seed, args.weights) == (None, "127.0.0.1", 8080, 0, None)
-    assert cli.default_config(args) == "tiny"
-    assert cli.default_config(parser.parse_args(["serve", "--weights", "w"])) == "longlive"
-    assert cli.default_config(parser.parse_args(["serve", "--weights", "w", "--config", "x.yaml"])) == "x.yaml"
+    assert choose_preset(args.config, args.weights) == "tiny"
+    assert choose_preset(None, "w") == "longlive"
+    assert choose_preset("x.yaml", "w") == "x.yaml"
 
 
 def test_the_table_takes_a_new_subcommand(monkeypatch):
@@ -50,24 +52,55 @@ def test_the_table_takes_a_new_subcommand(monkeypatch):
 
 def test_weights_default_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("LONGLIVE_WEIGHTS", "/opt/weights")
-    assert cli.build_parser().parse_args(["serve"]).weights == "/opt/weights"
-    assert cli.build_parser().parse_args(["serve", "--weights", "/x"]).weights == "/x"
+    assert str(cli.build_parser().parse_args(["serve"]).weights) == "/opt/weights"
+    assert str(cli.build_parser().parse_args(["serve", "--weights", "/x"]).weights) == "/x"
 
 
 @pytest.mark.parametrize("args, env, fragment", [
     (["serve", "--config", "no-such-preset"], {}, "no config named 'no-such-preset'"),
     (["serve", "--weights", "/no/such/folder"], {}, "/no/such/folder"),
     (["serve"], {"LONGLIVE_WEIGHTS": "/no/such/env/folder"}, "/no/such/env/folder"),
-    (["serve", "--port", "70000"], {}, "--port must be between"),
     (["serve", "--host", "no-such-host.invalid"], {}, "unknown host"),
+    (["serve", "--device", "bogus"], {}, "unknown device 'bogus'"),
+    (["serve", "--device", "cuda:7"], {}, "cuda:7"),
 ])
 def test_user_errors_are_one_line_with_status_2(args, env, fragment, monkeypatch, capsys):
     for key, value in {"LONGLIVE_WEIGHTS": "", **env}.items():
         monkeypatch.setenv(key, value)
     assert cli.main(args + ["--port", str(free_port())] if "--port" not in args else args) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("longlive: ") and fragment in err
+    assert err.startswith("longlive: ") and fragment in err, err
     assert "\n" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["serve", "--port", "70000"], "argument --port: 70000 is out of range; a port is between 1 and 65535"),
+    (["serve", "--seed", "-1"], "argument --seed: -1 is out of range; a seed is between 0 and"),
+    (["serve", "--lead-blocks", "0"], "argument --lead-blocks: 0 must be at least 1"),
+    (["generate", "--prompt", "x", "--seconds", "1e9"], "argument --seconds: 1e9 is out of range"),
+    (["generate", "--prompt", "x", "--seconds", "nan"], "argument --seconds: nan is out of range"),
+    (["generate", "--prompt", "x", "--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["bench", "--blocks", "0"], "argument --blocks: 0 must be at least 1"),
+])
+def test_out_of_range_arguments_are_refused_before_anything_runs(args, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(args)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err, err
+
+
+def test_help_imports_nothing_heavy():
+    """`--help` of every command answers without importing torch, the server or PyAV."""
+    code = ("import sys\nfrom longlive import cli\n"
+            "for name in ('serve', 'generate', 'bench', 'kernels'):\n"
+            "    try: cli.main([name, '--help'])\n"
+            "    except SystemExit: pass\n"
+            "heavy = [m for m in ('torch', 'aiohttp', 'aiortc', 'av', 'streaming.config') if m in sys.modules]\n"
+            "print('heavy:', heavy, file=sys.stderr)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "usage: longlive serve" in out.stdout and "usage: longlive kernels" in out.stdout
+    assert out.stderr.strip().endswith("heavy: []"), out.stderr
 
 
 def test_port_in_use_is_one_line_with_status_2():
@@ -85,12 +118,13 @@ def test_port_in_use_is_one_line_with_status_2():
 
 def test_missing_subcommand_is_a_usage_error():
     out = run_cli()
-    assert out.returncode == 2 and "usage: longlive" in out.stderr
+    assert out.returncode == 2
+    assert out.stderr == "longlive: the following arguments are required: COMMAND (see longlive --help)\n"
 
 
 def test_ctrl_c_stops_the_server_cleanly():
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "longlive", "serve", "--port", str(port)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LONGLIVE_WEIGHTS": ""})
     lines = []

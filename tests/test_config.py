@@ -16,7 +16,7 @@ def test_longlive_preset_sizes():
     cfg = load_config("longlive")
     assert (cfg.latent_height, cfg.latent_width, cfg.frame_seq_length) == (60, 104, 1560)
     assert cfg.model.rope_split == (22, 21, 21)
-    assert (cfg.window.local_attn_size, cfg.window.sink_size, cfg.block_frames) == (12, 3, 3)
+    assert (cfg.window.local_attn_size, cfg.window.sink_size, cfg.latent_frames_per_block) == (12, 3, 3)
 
 
 @pytest.mark.parametrize("text,message", [

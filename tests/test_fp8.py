@@ -1,16 +1,18 @@
-"""The FP8 linear path: its CPU twin (emulated e4m3) and, on a Hopper GPU, _scaled_mm."""
+"""The FP8 linear path: one kernel (`kernels.fp8_linear`) behind the common dispatch, its
+reference (emulated e4m3 in float32) and its fast twin (`torch._scaled_mm`, row-wise scales)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
+import kernels
+from kernels import dispatch, fp8_scaled_mm, reference
+from kernels.reference import FP8_MAX, quantize_rows
 from streaming import StreamingGenerator, build_dit, load_config
-from streaming import fp8 as fp8_mod
-from streaming.fp8 import (FP8_MAX, Fp8Linear, convert_blocks_to_fp8, emulated_linear, fp8_matmul_available,
-                           quantize_rows, scaled_linear, scaled_mm_works)
+from streaming.fp8 import Fp8Linear, convert_blocks_to_fp8
 
-CPU_SCALED_MM = scaled_mm_works("cpu")   # torch 2.13 runs row-wise _scaled_mm on the CPU (2.11 does not)
+CPU_SCALED_MM = fp8_scaled_mm.runs_on("cpu")   # torch 2.13 runs row-wise _scaled_mm on the CPU (2.11 does not)
 
 
 def test_row_quantisation_round_trip():
@@ -48,53 +50,68 @@ def test_converted_dit_still_generates_close_latents():
     assert err < 0.1, err
 
 
+def test_fp8_goes_through_the_one_dispatch(monkeypatch):
+    """CPU tensors take the reference by default; forcing the fast paths takes _scaled_mm where
+    this torch runs it, the reference where its probe fails; `torch` always the reference."""
+    x = torch.zeros(2, 64)
+    monkeypatch.delenv("LONGLIVE_KERNELS", raising=False)
+    assert dispatch.pick("fp8_linear", x, "fp8_scaled_mm") is reference.fp8_linear
+    monkeypatch.setenv("LONGLIVE_KERNELS", "triton")
+    fast = fp8_scaled_mm.fp8_linear if CPU_SCALED_MM else reference.fp8_linear
+    assert dispatch.pick("fp8_linear", x, "fp8_scaled_mm") is fast
+    monkeypatch.setattr(fp8_scaled_mm, "runs_on", lambda device: False)
+    assert dispatch.pick("fp8_linear", x, "fp8_scaled_mm") is reference.fp8_linear
+    monkeypatch.setenv("LONGLIVE_KERNELS", "torch")
+    assert dispatch.pick("fp8_linear", x, "fp8_scaled_mm") is reference.fp8_linear
+
+
+def test_cpu_never_claims_fp8_tensor_cores():
+    assert not kernels.fp8_tensor_cores(torch.device("cpu"))
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or not fp8_matmul_available(torch.device("cuda")),
+@pytest.mark.skipif(not torch.cuda.is_available() or not kernels.fp8_tensor_cores(torch.device("cuda")),
                     reason="needs an FP8-capable NVIDIA GPU")
-def test_scaled_mm_matches_the_emulation():
+def test_scaled_mm_matches_the_reference_on_the_gpu():
     lin = torch.nn.Linear(1536, 1536).cuda().to(torch.bfloat16)
     f = Fp8Linear.from_linear(lin)
     x = torch.randn(4680, 1536, device="cuda", dtype=torch.bfloat16)
-    aq, s = quantize_rows(x)
-    emulated = ((aq.float() * s) @ (f.weight_q.float() * f.weight_scale).t() + f.bias.float())
-    torch.testing.assert_close(f(x).float(), emulated, atol=2e-2, rtol=2e-2)
-
-
-def test_cpu_linear_never_claims_fp8_tensor_cores():
-    assert not fp8_matmul_available(torch.device("cpu"))
-    f = Fp8Linear.from_linear(torch.nn.Linear(64, 32))
-    f(torch.randn(5, 64))
-    assert f.use_scaled_mm is False
+    fast = fp8_scaled_mm.fp8_linear(x, f.weight_q, f.weight_scale, f.bias, torch.bfloat16)
+    slow = reference.fp8_linear(x, f.weight_q, f.weight_scale, f.bias, torch.float32)
+    torch.testing.assert_close(fast.float(), slow, atol=2e-2, rtol=2e-2)
 
 
 @pytest.mark.skipif(not CPU_SCALED_MM, reason="this torch has no CPU _scaled_mm with row-wise scales")
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
-def test_the_scaled_mm_call_computes_the_emulated_product(bias):
+def test_the_scaled_mm_call_computes_the_reference_product(bias):
     """The exact call the GPU path makes (operand layouts, scale shapes, bias), run by torch's
-    CPU _scaled_mm, against the float32 emulation; at LongLive's widths and an odd row count."""
+    CPU _scaled_mm, against the float32 reference; at LongLive's widths and an odd row count."""
     lin = torch.nn.Linear(1536, 8960 // 4, bias=bias).to(torch.bfloat16)
     f = Fp8Linear.from_linear(lin)
     x = torch.randn(2, 117, 1536, dtype=torch.bfloat16) * torch.logspace(-1, 1, 117)[None, :, None]
-    f.use_scaled_mm = True
-    fast = f(x)
-    f.use_scaled_mm = False
-    slow = f(x)
+    fast = fp8_scaled_mm.fp8_linear(x, f.weight_q, f.weight_scale, f.bias, torch.bfloat16)
+    slow = reference.fp8_linear(x, f.weight_q, f.weight_scale, f.bias, torch.bfloat16)
     assert fast.shape == slow.shape == (2, 117, lin.out_features) and fast.dtype == torch.bfloat16
     torch.testing.assert_close(fast.float(), slow.float(), atol=3e-2, rtol=2e-2)
 
 
 @pytest.mark.skipif(not CPU_SCALED_MM, reason="this torch has no CPU _scaled_mm with row-wise scales")
 def test_probe_refuses_a_scaled_mm_that_fails_or_disagrees(monkeypatch):
+    real = fp8_scaled_mm.scaled_product
+
     def raises(*a, **k):
         raise RuntimeError("Only sm_90 is supported for rowwise scaling\nmore")
 
-    def off_by_a_scale(aq, a_scale, wq, w_scale, bias, out_dtype):   # e.g. a scale applied twice
-        return emulated_linear(aq, a_scale, wq, w_scale, bias, out_dtype) * 1.5
+    def off_by_a_scale(*args):   # e.g. a scale applied twice
+        return real(*args) * 1.5
 
-    for broken in (raises, off_by_a_scale):
-        scaled_mm_works.cache_clear()
-        monkeypatch.setattr(fp8_mod, "scaled_linear", broken)
-        assert not scaled_mm_works("cpu"), broken.__name__
-    monkeypatch.setattr(fp8_mod, "scaled_linear", scaled_linear)
-    scaled_mm_works.cache_clear()
-    assert scaled_mm_works("cpu")
+    try:
+        for broken in (raises, off_by_a_scale):
+            fp8_scaled_mm._probe.cache_clear()
+            monkeypatch.setattr(fp8_scaled_mm, "scaled_product", broken)
+            assert not fp8_scaled_mm.runs_on("cpu"), broken.__name__
+        monkeypatch.setattr(fp8_scaled_mm, "scaled_product", real)
+        fp8_scaled_mm._probe.cache_clear()
+        assert fp8_scaled_mm.runs_on("cpu")
+    finally:
+        fp8_scaled_mm._probe.cache_clear()

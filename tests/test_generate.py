@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import av
 import pytest
 
 from golden import REPO
-from server import generate
+from longlive import cli
+from studio import generate
 
 
 def _args(tmp_path: Path, **over) -> argparse.Namespace:
     p = argparse.ArgumentParser()
-    generate.add_arguments(p)
+    cli.add_generate_arguments(p)
     argv = ["--prompt", "a lighthouse in a storm", "--seconds", "2", "-o", str(tmp_path / "out.mp4")]
     for k, v in over.items():
         argv += [f"--{k}", str(v)]
@@ -37,7 +40,16 @@ def test_generate_writes_a_playable_mp4_with_the_asked_length(tmp_path):
     assert fps == 16
     assert frames == 40          # 2.5 s at 16 fps: 9 + 12 + 12 + 7 of the fourth block
     assert size == (320, 192)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.")]  # no temp file left
+    assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "out.mp4").stat().st_mode & 0o777 == 0o666 & ~umask   # like any file the user makes
+
+
+def test_the_container_follows_the_suffix(tmp_path):
+    generate.run(_args(tmp_path, seconds=0.5, output=tmp_path / "clip.mkv"))
+    with av.open(str(tmp_path / "clip.mkv")) as c:
+        assert "matroska" in c.format.name and c.streams.video[0].codec_context.name == "h264"
 
 
 def _pixels(path: Path) -> list:
@@ -63,11 +75,30 @@ def test_cli_errors_are_one_line(tmp_path):
         (["--weights", str(tmp_path / "nope")], "does not exist"),
         (["--config", "nosuch"], "no config named"),
         (["-o", str(tmp_path)], "is a folder"),
-        (["--seconds", "0"], "--seconds must be positive"),
+        (["--seconds", "0"], "--seconds: 0 is out of range"),
+        (["-o", str(tmp_path / "fox.avi")], "name the file .mp4, .m4v, .mov or .mkv"),
+        (["--device", "cuda"], "torch sees no CUDA GPU"),
+        (["--device", "bogus"], "unknown device 'bogus'"),
     ]
     for extra, needle in cases:
-        out = subprocess.run([sys.executable, "-m", "server.cli", "generate", "--prompt", "x", "--seconds", "1", *extra],
+        out = subprocess.run([sys.executable, "-m", "longlive", "generate", "--prompt", "x", "--seconds", "1", *extra],
                              capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
         assert out.returncode == 2, (extra, out.stderr)
         err = out.stderr.strip()
         assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, (extra, err)
+
+
+def test_sigterm_leaves_no_file_behind(tmp_path):
+    """Killed politely mid-render (SIGTERM, as a service manager does), the command removes its
+    temporary file and writes no output: nothing half-written is left in the folder."""
+    proc = subprocess.Popen([sys.executable, "-m", "longlive", "generate", "--prompt", "x", "--seconds", "600",
+                             "-o", str(tmp_path / "long.mp4")], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "LONGLIVE_WEIGHTS": ""})
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(tmp_path.iterdir()), "the render never started writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err

@@ -139,7 +139,7 @@ def test_long_streams_pass_the_official_rope_table_end():
 def test_skipping_discarded_recache_frames_changes_nothing(window, sink, block, monkeypatch):
     """The frames a global-sink re-cache would throw away are not computed: the window holds
     the same keys and values afterwards, and the stream continues the same."""
-    cfg = small_config(local_attn_size=window, sink_size=sink).replace(video={"frames_per_block": block})
+    cfg = small_config(local_attn_size=window, sink_size=sink).replace(video={"latent_frames_per_block": block})
     prompts = [_embedding(cfg, s) for s in (1, 2, 3)]
     runs, windows = [], []
     for skip in (True, False):

@@ -40,7 +40,7 @@ def _run_stream(fixture_set, global_sink: bool, lora: bool):
     t = fixture_set.tensors
     case = fixture_set.cases["stream"]
     cfg = fixture_set.config(global_sink=global_sink)
-    fpb = cfg.block_frames
+    fpb = cfg.latent_frames_per_block
     gen = StreamingGenerator(_dit(fixture_set, lora, cfg), cfg,
                              RecordedNoise(t["stream.noise"], t["stream.randn_draws"], fpb))
     trace = []
@@ -74,7 +74,7 @@ def test_stream(fixture_set):
     # the frames that land on the protected sink are skipped (their K/V would be discarded);
     # every frame that is re-cached must match the official re-cache
     cfg = fixture_set.config()
-    applied_at = -(-switch // cfg.block_frames) * cfg.block_frames     # the first block boundary >= switch
+    applied_at = -(-switch // cfg.latent_frames_per_block) * cfg.latent_frames_per_block     # the first block boundary >= switch
     done = recache[0][3].shape[1]
     skipped = cfg.window.sink_size if applied_at > cfg.window.local_attn_size else 0
     assert done == t["stream.recache.input"].shape[1] - skipped

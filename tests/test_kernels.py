@@ -388,10 +388,12 @@ def test_kernels_and_benchmark_work_without_triton():
         "import sys, os; sys.modules['triton'] = None\n"
         "os.environ['LONGLIVE_KERNELS'] = 'triton'\n"
         "import torch, kernels\n"
-        "from kernels.benchmark import benchmark_kernels, TINY\n"
+        "from bench.kernel_speed import benchmark_kernels\n"
+        "from streaming.config import load_config\n"
         "q = torch.randn(1, 5, 2, 16)\n"
         "assert torch.equal(kernels.attention(q, q, q), kernels.reference.attention(q, q, q))\n"
-        "rows = benchmark_kernels('cpu', torch.float32, TINY, warmup=0, reps=1)\n"
+        "cfg = load_config('tiny').replace(video={'height': 64, 'width': 80})\n"
+        "rows = benchmark_kernels(cfg, 'cpu', torch.float32, warmup=0, reps=1)\n"
         "assert rows and all(r['triton_ms'] is None and r['torch_ms'] > 0 for r in rows), rows\n"
         "print(sorted({r['kernel'].split()[0] for r in rows}))\n"
     )
@@ -432,16 +434,18 @@ def test_kernel_tests_still_run_when_collected_late():
 
 @needs_triton
 def test_benchmark_rows_time_both_paths(rng):
-    from kernels.benchmark import KERNELS, TINY, benchmark_kernels
+    from bench.kernel_speed import KERNELS, benchmark_kernels
+    from streaming.config import load_config
 
     for name in KERNELS:
         triton_module("triton_attention" if name == "attention" else "triton_fused")
-    rows = benchmark_kernels(DEVICE, torch.float16 if DEVICE == "cpu" else torch.bfloat16, TINY,
+    cfg = load_config("tiny").replace(video={"height": 64, "width": 80})   # 20 tokens per frame
+    rows = benchmark_kernels(cfg, DEVICE, torch.float16 if DEVICE == "cpu" else torch.bfloat16,
                              warmup=0, reps=1, compile=False, triton_on_cpu=True,
                              only=("attention", "rms_norm_channels", "gated_residual"))
     kinds = [r["kernel"] for r in rows]
     assert kinds == ["attention self", "attention self window", "attention recache", "attention cross",
-                     "gated_residual", "rms_norm_channels"]
+                     "gated_residual", "rms_norm_channels", "rms_norm_channels"]   # VAE middle and head
     for r in rows:
         assert {"kernel", "shape", "triton_ms", "torch_ms", "torch_path", "speedup"} <= r.keys()
         assert r["triton_ms"] > 0 and r["torch_ms"] > 0
@@ -509,9 +513,10 @@ def test_attention_default_configs_without_autotune_on_gpu(rng, dtype, monkeypat
 @needs_gpu
 @pytest.mark.gpu
 def test_benchmark_on_gpu_times_both_paths():
-    from kernels.benchmark import LONGLIVE, benchmark_kernels
+    from bench.kernel_speed import benchmark_kernels
+    from streaming.config import load_config
 
-    rows = benchmark_kernels("cuda", torch.bfloat16, LONGLIVE, warmup=2, reps=5, compile=True,
+    rows = benchmark_kernels(load_config("longlive"), "cuda", torch.bfloat16, warmup=2, reps=5, compile=True,
                              only=("gated_residual", "attention"))
     assert [r["kernel"] for r in rows][-1] == "gated_residual" and len(rows) == 5
     for r in rows:

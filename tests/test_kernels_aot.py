@@ -30,7 +30,7 @@ KERNELS = {"_attention_fwd", "_rms_norm_rope_fwd", "_modulated_layer_norm_fwd", 
 def report(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("aot") / "kernels.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # compiled mode in the child
-    args = [sys.executable, "-m", "streaming.kernel_check", "--config", "longlive", "--json", str(out)]
+    args = [sys.executable, "-m", "longlive", "kernels", "--config", "longlive", "--json", str(out)]
     for arch in ARCHS:
         args += ["--arch", str(arch)]
     proc = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -95,7 +95,7 @@ def test_report_table_names_every_architecture(report):
 
 def test_kernels_command_rejects_an_unknown_architecture():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "kernels", "--arch", "7"], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "longlive", "kernels", "--arch", "7"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()

@@ -156,7 +156,7 @@ def test_tiny_default_is_deterministic_and_prompts_differ():
     b = PromptEncoder.from_config(cfg, None, CPU).encode("a blue whale at dawn")
     n = min(len("a red fox in the snow"), len("a blue whale at dawn")) + 1
     assert (a1[0, :n] - b[0, :n]).abs().mean() > 0.3
-    other_seed = PromptEncoder.from_config(cfg.replace(seed=cfg.seed + 1), None, CPU).encode("a red fox in the snow")
+    other_seed = PromptEncoder.from_config(cfg.replace(weights_seed=cfg.weights_seed + 1), None, CPU).encode("a red fox in the snow")
     assert not torch.allclose(a1, other_seed, atol=1e-3)
 
 

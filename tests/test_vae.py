@@ -61,7 +61,7 @@ def test_streamed_blocks_match_official(golden, frames_per_pass):
     cfg, ref, t = golden
     z = t["vae_decode.latents"]
     dec = StreamingVAEDecoder(ref.model, "cpu", torch.float32, frames_per_pass)
-    f = cfg.block_frames
+    f = cfg.latent_frames_per_block
     starts = range(0, z.shape[1], f)
     parts = [dec.decode(z[:, s:s + f]) for s in starts]
     tf = cfg.vae.temporal_factor

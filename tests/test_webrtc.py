@@ -34,7 +34,7 @@ def free_port() -> int:
 def start_server(*args: str) -> tuple[subprocess.Popen, str]:
     """`longlive serve` (tiny default) on a free port; returns the process and its URL."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--port", str(port), "--log-level", "warning",
+    proc = subprocess.Popen([sys.executable, "-m", "longlive", "serve", "--port", str(port), "--log-level", "warning",
                              *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LONGLIVE_WEIGHTS": ""})

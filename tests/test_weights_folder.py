@@ -46,7 +46,7 @@ def test_official_layout_reproduces_the_official_stream_and_pixels(weights_dir, 
     t = fixture_set.tensors
     pipe = VideoPipeline.from_config(cfg, weights=folder, device="cpu")
     assert not pipe.embedded_default
-    fpb = cfg.block_frames
+    fpb = cfg.latent_frames_per_block
     switch = fixture_set.cases["stream"].get("switch_frame_index") or t["stream.noise"].shape[1]
     blocks_before_switch = max(1, switch // fpb)
     n = min(blocks_before_switch, -(-t["vae_decode.latents"].shape[1] // fpb))
@@ -68,7 +68,7 @@ def test_official_layout_reproduces_the_official_stream_and_pixels(weights_dir, 
 
 
 def test_generate_with_a_weights_folder(weights_dir, tmp_path):
-    from server import cli
+    from longlive import cli
     folder, config = weights_dir
     out = tmp_path / "clip.mp4"
     assert cli.main(["generate", "--prompt", "t5 t6 t7", "--seconds", "1", "--weights", str(folder),

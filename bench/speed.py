@@ -4,13 +4,14 @@ Speed does not depend on weight values, so the full-size model runs with seeded 
 weights and anybody with a GPU can measure without downloading anything. Imports only
 streaming, kernels and torch-level libraries (GPU machines have no aiortc or av).
 
-Reported (printed and written as JSON): per-block DiT ms and decode ms (VAE + uint8
+Reported (printed, and written as JSON where `--json` says): per-block DiT ms and decode ms (VAE + uint8
 conversion + host copy), end-to-end FPS, time to first frame, prompt switch cost
 (re-cache + first block), peak GPU memory, device and versions, the FLOPs of a block and
 the ratio of the measured time to the FLOP floor (FLOPs / the device's dense bf16 rate),
 and, where Triton runs, each kernel beside the best torch path.
 
-    python -m streaming.bench --config longlive --blocks 10 --json bench.json
+    longlive bench --config longlive --blocks 10 --json bench.json
+    python -m longlive bench ...        (the same, where the `longlive` script is not installed)
 """
 
 from __future__ import annotations
@@ -20,16 +21,14 @@ import json
 import logging
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .config import Config, load_config
-from .dit import CausalDiT
-from .pipeline import DTYPES, VideoPipeline, resolve_device
+from streaming.config import Config, load_config
+from streaming.dit import CausalDiT
+from streaming.pipeline import DTYPES, VideoPipeline, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def dit_flops(cfg: Config) -> dict[str, float]:
     w = cfg.window
     window = dit.new_window(w.local_attn_size, w.sink_size, cfg.frame_seq_length)
     prompt = dit.encode_prompt(torch.zeros(1, cfg.model.text_len, cfg.model.text_dim, device="meta"))
-    f = cfg.block_frames
+    f = cfg.latent_frames_per_block
     window.end = window.filled = w.local_attn_size - f   # the block fills the window exactly
     x = torch.zeros(1, f, cfg.model.in_dim, cfg.latent_height, cfg.latent_width, device="meta")
     with FlopCounterMode(display=False) as counter:
@@ -71,7 +70,7 @@ def decoder_flops(decoder: Any, cfg: Config, device: torch.device, dtype: torch.
     from torch.utils.flop_counter import FlopCounterMode
 
     try:
-        shape = (1, cfg.block_frames, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
+        shape = (1, cfg.latent_frames_per_block, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
         z = torch.randn(shape, device=device)
         decoder.reset()
         decoder.decode(z)
@@ -109,7 +108,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
 
     # warm up: the first stream, enough blocks to fill the window and turn it
     pipe.start(prompts[0], seed)
-    for _ in range(max(warmup, cfg.window.local_attn_size // cfg.block_frames + 1)):
+    for _ in range(max(warmup, cfg.window.local_attn_size // cfg.latent_frames_per_block + 1)):
         pipe.next_frames()
 
     # time to first frame: a fresh stream under a prompt not seen before
@@ -118,7 +117,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
     pipe.start(prompts[1], seed + 1)
     first = pipe.next_frames()
     ttff = _ms(t0)
-    for _ in range(cfg.window.local_attn_size // cfg.block_frames + 1):
+    for _ in range(cfg.window.local_attn_size // cfg.latent_frames_per_block + 1):
         pipe.next_frames()   # steady state: the window is full
 
     # steady state blocks
@@ -149,7 +148,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
 
     result: dict[str, Any] = {
         "config": cfg.name, "fp8": cfg.runtime.fp8, "decoder": cfg.vae.kind, "resolution": f"{cfg.video.width}x{cfg.video.height}", "dtype": str(dtype).replace("torch.", ""),
-        "frames_per_block": int(len(b.frames)), "latent_frames_per_block": cfg.block_frames,
+        "video_frames_per_block": int(len(b.frames)), "latent_frames_per_block": cfg.latent_frames_per_block,
         "window_frames": cfg.window.local_attn_size, "denoising_steps": len(cfg.schedule.denoising_steps),
         "blocks_timed": blocks,
         "dit_ms_per_block": statistics.median(dit_ms),
@@ -157,7 +156,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         "block_ms": block_ms,
         "end_to_end_fps": frames / (wall / 1e3),
         "time_to_first_frame_ms": ttff,
-        "first_block_frames": int(len(first.frames)),
+        "first_block_video_frames": int(len(first.frames)),
         "prompt_switch_ms": statistics.median(switch_ms),
         "recache_ms": max(0.0, statistics.median(switch_ms) - block_ms),
         "text_encode_ms": encode_ms,
@@ -174,23 +173,21 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         "peak_tflops_assumed": peak,
         "achieved_tflops": total_tflop / (block_ms / 1e3),
         "floor_ms_per_block": floor_ms,
-        "floor_fps": 4 * cfg.block_frames / (floor_ms / 1e3) if floor_ms else None,
+        "floor_fps": len(b.frames) / (floor_ms / 1e3) if floor_ms else None,
         "ratio_to_floor": block_ms / floor_ms if floor_ms else None,
         "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
     })
     result.update(environment(device))
     if kernels:
-        result["kernels"] = kernel_table(device, dtype)
+        result["kernels"] = kernel_table(cfg, device, dtype)
     return result
 
 
-def kernel_table(device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+def kernel_table(cfg: Config, device: torch.device, dtype: torch.dtype) -> list[dict[str, Any]]:
+    from .kernel_speed import benchmark_kernels
+
     try:
-        from kernels.benchmark import benchmark_kernels
-    except ImportError as exc:
-        return [{"error": f"kernel benchmark unavailable: {exc}"}]
-    try:
-        return benchmark_kernels(device, dtype)
+        return benchmark_kernels(cfg, device, dtype)
     except Exception as exc:  # a broken kernel must not hide the model numbers
         log.exception("kernel benchmark failed")
         return [{"error": f"{type(exc).__name__}: {exc}"}]
@@ -256,42 +253,18 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="longlive", help="preset or YAML path (default longlive: full size)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--blocks", type=int, default=8, help="steady-state blocks to time (default 8)")
-    p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the DiT (Hopper)")
-    p.add_argument("--decoder", choices=("wan", "taehv"), default=None, help="override the config's decoder")
-    p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel comparison")
-    p.add_argument("--peak-tflops", type=float, default=None,
-                   help="the device's dense matrix TFLOP/s for the floor (known for H100/H200/A100...)")
-    p.add_argument("--json", type=Path, default=None, help="write the results here (default bench-<config>-<device>.json)")
-
-
 def run(args: argparse.Namespace) -> int:
+    """`longlive bench`: prints the table, and writes the JSON only where `--json` says."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(args.config)
     if args.fp8:
         cfg = cfg.replace(runtime={"fp8": True})
     if args.decoder:
         cfg = cfg.replace(vae={"kind": args.decoder})
     device = resolve_device(args.device)
-    if args.blocks < 1:
-        raise ValueError("--blocks must be at least 1")
     result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels, peak=args.peak_tflops)
     print(format_table(result))
-    tag = "-fp8" if cfg.runtime.fp8 else ""
-    tag += "-taehv" if cfg.vae.kind == "taehv" else ""
-    out = args.json or Path(f"bench-{cfg.name}{tag}-{device.type}.json")
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.json}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ._cli import module_main
-    return module_main("bench", __doc__, add_arguments, run, argv, log_level=logging.INFO)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

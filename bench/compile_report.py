@@ -1,4 +1,4 @@
-"""Compile the kernels' real launches for a GPU this machine does not have.
+"""The compile report: the kernels' real launches compiled for a GPU this machine does not have.
 
 Inside `offline_compile(arch)` the Triton wrappers run exactly as they would on that GPU,
 but on placeholder CPU tensors and against a stand-in Triton driver that only names the
@@ -10,7 +10,7 @@ the matrix instructions it uses (wgmma on Hopper, mma.sync before it).
 
 It needs a process whose Triton was imported without `TRITON_INTERPRET`, and nothing else:
 no GPU, no driver, no CUDA toolkit. `longlive kernels` runs it over a whole generator
-block and VAE decode of a model config (`streaming.kernel_check`).
+block and VAE decode of a model config (`bench.kernel_check`).
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Iterator
 
 import torch
 
-from . import _runtime
-from ._runtime import SHARED_MEMORY_PER_BLOCK
+from kernels import _runtime
+from kernels._runtime import SHARED_MEMORY_PER_BLOCK
 
 # PTX instructions worth counting: which tensor-core path and which copy engine a kernel uses
 INSTRUCTIONS = {
@@ -167,7 +167,7 @@ def offline_compile(arch: int, shared_limit: int | None = None) -> Iterator[list
     from triton.runtime.driver import driver as holder
     from triton.runtime.jit import JITFunction
 
-    from . import triton_attention
+    from kernels import triton_attention
 
     if _runtime.is_interpreted(triton_attention._attention_fwd):
         raise OfflineCompileError("Triton was imported with TRITON_INTERPRET=1 in this process; compiling for a GPU "
@@ -228,7 +228,7 @@ def attention_candidates(arch: int, head_dim: int, num_heads: int, dtype: torch.
                          shared_limit: int | None = None) -> list[CompiledLaunch]:
     """Every tile config the autotuner may try for this head size, compiled for sm_`arch`,
     plus the default (untuned) choice for that architecture."""
-    from . import triton_attention as ta
+    from kernels import triton_attention as ta
 
     q = torch.empty(1, 128, num_heads, head_dim, dtype=dtype)
     cache = torch.empty(1, 512, num_heads, head_dim, dtype=dtype)

@@ -1,6 +1,6 @@
-"""Side-by-side timings: each Triton kernel against the best torch path, at LongLive's sizes.
+"""Side-by-side timings: each Triton kernel against the best torch path, at a config's sizes.
 
-`benchmark_kernels(device)` returns one row per kernel and shape:
+`benchmark_kernels(cfg, device)` returns one row per kernel and shape:
 
     {"kernel", "shape", "triton_ms", "torch_ms", "torch_path", "speedup", ...}
 
@@ -12,8 +12,8 @@ throughput figure (`triton_tflops`/`torch_tflops` for attention, `..._gbps` othe
 
 Timing: warmup runs (they also compile and autotune), then the median of several runs, on
 CUDA with CUDA events and the L2 cache flushed before each run. Without CUDA or without
-triton only the torch path is timed (`triton_ms` None), by default at TINY sizes.
-Used by the `longlive bench` command; this module prints nothing.
+triton only the torch path is timed (`triton_ms` None).
+Used by `longlive bench` (every shape from the config it measures); this module prints nothing.
 """
 
 from __future__ import annotations
@@ -28,25 +28,36 @@ from typing import Callable
 
 import torch
 
-from . import reference
+from kernels import reference
+from streaming.config import Config
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class BenchSizes:
-    """The shapes benchmarked (defaults: LongLive at 832x480, 3-frame blocks, 12-frame window)."""
+    """The shapes benchmarked, as one generator block of a config makes them."""
 
-    batch: int = 1
-    heads: int = 12
-    head_dim: int = 128
-    frame_len: int = 1560          # tokens per latent frame: (480/16) x (832/16)
-    block_frames: int = 3          # frames per generated block (the queries of a forward)
-    window_frames: int = 12        # KV window (sink + rolling), also the re-cache length
-    text_len: int = 512            # cross-attention keys
-    eps: float = 1e-6
-    # Wan VAE decoder norms: [B, C, T, H, W] (middle at 2x upsampled latents; head at full size)
-    vae_shapes: tuple[tuple[int, ...], ...] = ((1, 384, 2, 120, 208), (1, 96, 4, 480, 832))
+    batch: int
+    heads: int
+    head_dim: int
+    frame_len: int                 # tokens per latent frame
+    latent_frames_per_block: int   # latent frames per block (the queries of a forward)
+    window_frames: int             # KV window (sink + rolling), also the re-cache length
+    text_len: int                  # cross-attention keys
+    eps: float
+    # VAE decoder norms [B, C, T, H, W]: the middle (widest, at twice the latent size) and the
+    # head (narrowest, at the picture's size), with the frames one decoder call holds there
+    vae_shapes: tuple[tuple[int, ...], ...]
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "BenchSizes":
+        m, v = cfg.model, cfg.vae
+        middle = (1, v.dim * v.dim_mult[-1], 2, 2 * cfg.latent_height, 2 * cfg.latent_width)
+        head = (1, v.dim * v.dim_mult[0], 4, cfg.video.height, cfg.video.width)
+        return cls(batch=1, heads=m.num_heads, head_dim=m.head_dim, frame_len=cfg.frame_seq_length,
+                   latent_frames_per_block=cfg.latent_frames_per_block, window_frames=cfg.window.local_attn_size,
+                   text_len=m.text_len, eps=m.eps, vae_shapes=(middle, head) if v.kind == "wan" else ())
 
     @property
     def dim(self) -> int:
@@ -54,9 +65,6 @@ class BenchSizes:
 
 
 KERNELS = ("attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "rms_norm_channels")
-LONGLIVE = BenchSizes()
-TINY = BenchSizes(heads=2, head_dim=32, frame_len=40, block_frames=3, window_frames=6, text_len=16,
-                  vae_shapes=((1, 16, 2, 16, 16),))
 
 
 def _triton_modules(device: torch.device, on_cpu: bool):
@@ -145,20 +153,17 @@ def _row(kernel: str, shape: str, timer: _Timer, triton_fn: Callable | None, ref
     }
 
 
-def benchmark_kernels(device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
-                      sizes: BenchSizes | None = None, *, warmup: int = 5, reps: int = 20,
+def benchmark_kernels(cfg: Config, device: torch.device | str, dtype: torch.dtype = torch.bfloat16,
+                      *, warmup: int = 5, reps: int = 20,
                       compile: bool | None = None, only: tuple[str, ...] | None = None,
                       triton_on_cpu: bool = False) -> list[dict]:
-    """Time every kernel on `device`, or those of `only` (names from `KERNELS`).
-
-    `sizes` defaults to LONGLIVE on CUDA and TINY elsewhere (full-size attention takes
-    minutes on a CPU). `compile` also times torch.compile of the references (default: on
+    """Time every kernel on `device` at the sizes of `cfg`'s blocks, or those of `only`
+    (names from `KERNELS`). `compile` also times torch.compile of the references (default: on
     CUDA only). `triton_on_cpu` runs the Triton path on CPU tensors too, which only works
     under TRITON_INTERPRET=1 (for tests; interpreter timings mean nothing).
     """
     device = torch.device(device)
-    if sizes is None:
-        sizes = LONGLIVE if device.type == "cuda" else TINY
+    sizes = BenchSizes.from_config(cfg)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     compile = device.type == "cuda" if compile is None else compile
@@ -166,7 +171,7 @@ def benchmark_kernels(device: torch.device | str, dtype: torch.dtype = torch.bfl
     timer = _Timer(device, warmup, reps)
     s, rows = sizes, []
     b, h, d, c = s.batch, s.heads, s.head_dim, s.dim
-    lq, lw = s.block_frames * s.frame_len, s.window_frames * s.frame_len
+    lq, lw = s.latent_frames_per_block * s.frame_len, s.window_frames * s.frame_len
 
     def wanted(name: str) -> bool:
         return only is None or name in only
@@ -202,7 +207,7 @@ def benchmark_kernels(device: torch.device | str, dtype: torch.dtype = torch.bfl
                                  None if comp is None else (lambda cs=cs, sn=sn: comp(x, w, cs, sn, h, s.eps)),
                                  2.0 * x.numel() * x.element_size(), "gbps"))
 
-        frames = s.block_frames
+        frames = s.latent_frames_per_block
         if wanted("modulated_layer_norm"):
             x = randn(b, lq, c, dt=torch.float32)
             mod = randn(b, frames, 6, c, dt=torch.float32)

@@ -1,0 +1,192 @@
+"""`longlive`: the one command line.
+
+Each subcommand is one row of `SUBCOMMANDS`: its name, a line of help, the function that
+declares its arguments (plain argparse, here, so `--help` imports nothing heavy) and the
+function that runs it, named `"module:function"` and imported only when the command runs.
+The rooms own the work: `server.serve` (the live server), `studio.generate` (offline video
+files), `bench.speed` and `bench.kernel_check` (the tools that measure and check). To add a
+command, write its run function in its room, its arguments here, and add a row.
+
+Errors a user can cause (`streaming.errors.UserError` and its kinds) print one line
+(`longlive: ...`) and exit with status 2; Ctrl-C exits with 130 and SIGTERM with 143, in
+both cases after the command has cleaned up (no half-written files).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Union
+
+EXIT_USAGE = 2
+MAX_SECONDS = 24 * 3600       # longest `generate` (a day of video)
+
+Run = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    name: str
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Union[str, Run]      # "module:function", imported when the command runs (or the function itself)
+
+    def target(self) -> Run:
+        if callable(self.run):
+            return self.run
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
+
+
+# -- argument types: each refusal is one sentence --------------------------------------------
+def seed(text: str) -> int:
+    from streaming.noise import SEED_MAX
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= SEED_MAX:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a seed is between 0 and {SEED_MAX}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text} is out of range; give more than 0 and at most {MAX_SECONDS} "
+                                         "seconds (a day)")
+    return value
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a port is between 1 and 65535")
+    return value
+
+
+# -- arguments -------------------------------------------------------------------------------------
+def _model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, help="preset name from configs/ (tiny, longlive) or a YAML path "
+                   "(default: longlive with weights, else tiny)")
+    p.add_argument("--weights", type=Path, default=os.environ.get("LONGLIVE_WEIGHTS") or None, metavar="DIR",
+                   help="folder with the LongLive weights (default: $LONGLIVE_WEIGHTS; none: random tiny weights)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the config's, usually auto)")
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    _model_arguments(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=port, default=8080, help="port to listen on (default: 8080)")
+    p.add_argument("--seed", type=seed, default=0, help="noise seed of the first stream (default: 0)")
+    p.add_argument("--prompt", default="A drifting nebula of glowing particles, slow camera push-in",
+                   help="prompt of the first stream")
+    p.add_argument("--lead-blocks", type=positive_int, default=1,
+                   help="blocks generated ahead of playback (default: 1; more = smoother, slower to react)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompt", required=True, help="what to generate")
+    p.add_argument("--seconds", type=seconds, default=10.0, help="length of the video (default 10)")
+    p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"),
+                   help="video file to write: .mp4, .m4v, .mov or .mkv, H.264 (default out.mp4)")
+    p.add_argument("--seed", type=seed, default=0, help="noise seed (default 0): the same seed gives the same video")
+    _model_arguments(p)
+
+
+def add_bench_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="longlive", help="preset or YAML path (default longlive: full size)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--blocks", type=positive_int, default=8, help="steady-state blocks to time (default 8)")
+    p.add_argument("--warmup", type=positive_int, default=3, help="blocks before timing (default 3)")
+    p.add_argument("--fp8", action="store_true", help="FP8 linear layers in the DiT (Hopper)")
+    p.add_argument("--decoder", choices=("wan", "taehv"), default=None, help="override the config's decoder")
+    p.add_argument("--no-kernels", action="store_true", help="skip the per-kernel comparison")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's dense matrix TFLOP/s for the floor (known for H100/H200/A100...)")
+    p.add_argument("--json", type=Path, default=None, help="also write the results to this file")
+
+
+def add_kernels_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="longlive", help="preset or YAML path (default longlive: full size)")
+    p.add_argument("--arch", type=int, action="append", default=None, metavar="SM",
+                   help="compute capability to compile for, repeatable: 80 A100, 86/89 RTX 30xx/40xx, 90 "
+                        "H100/H200, 120 RTX 50xx (default 90)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report to this file")
+
+
+# -- the table -----------------------------------------------------------------------------------
+SUBCOMMANDS: tuple[Subcommand, ...] = (
+    Subcommand("serve", "serve the live stream and the browser client", add_serve_arguments, "server.serve:run"),
+    Subcommand("generate", "render a prompt to a video file, offline", add_generate_arguments, "studio.generate:run"),
+    Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, "bench.speed:run"),
+    Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
+                          "report registers, spills and shared memory", add_kernels_arguments,
+               "bench.kernel_check:run"),
+)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(prog="longlive", description="LongLive live: real-time generated video.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=Parser)
+    for command in SUBCOMMANDS:
+        p = sub.add_parser(command.name, help=command.help, description=command.help)
+        command.add_arguments(p)
+        p.set_defaults(subcommand=command)
+    return parser
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)   # unwinds like Ctrl-C: files being written are removed
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        return args.subcommand.target()(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:
+        from streaming.errors import UserError, one_line
+
+        if not isinstance(e, UserError):
+            raise
+        print(f"longlive: {one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

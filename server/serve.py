@@ -1,0 +1,109 @@
+"""`longlive serve`: load the pipeline, start the engine and serve the app until Ctrl-C or SIGTERM.
+
+The port is taken first, so a port in use is reported before the slow model load. The
+asyncio loop lives here and in the modules it serves (app, control, webrtc), nowhere else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import logging
+import signal
+import socket
+
+from streaming.errors import UserError, one_line
+
+from .engine import Engine
+
+log = logging.getLogger("longlive")
+
+# libraries whose INFO lines are per-connection chatter (ICE checks, DTLS states): warnings only,
+# unless --log-level debug
+CHATTY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level)
+    sock = listen(args.host, args.port)
+    try:
+        engine = build_engine(args)
+        from .app import create_app  # aiohttp/aiortc load only when serving
+
+        app = create_app(engine)
+    except BaseException:
+        sock.close()
+        raise
+    return asyncio.run(_serve(app, sock, url(args.host, args.port), engine.pipe.embedded_default))
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+    if level.lower() != "debug":
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def build_engine(args: argparse.Namespace) -> Engine:
+    """Load the config and the pipeline (the slow part with real weights)."""
+    from streaming.config import choose_preset, load_config
+    from streaming.pipeline import VideoPipeline
+
+    cfg = load_config(choose_preset(args.config, args.weights))
+    try:
+        pipe = VideoPipeline.from_config(cfg, weights=args.weights, device=args.device)
+    except UserError:
+        raise
+    except (RuntimeError, OSError) as e:
+        raise UserError(f"cannot start the generator: {one_line(e)}") from None
+    if pipe.embedded_default:
+        print("No weights given: running the tiny embedded default (random weights, abstract pictures). "
+              "Use --weights DIR or LONGLIVE_WEIGHTS for LongLive 1.3B.", flush=True)
+    return Engine(pipe, prompt=args.prompt, seed=args.seed, lead_blocks=args.lead_blocks)
+
+
+async def _serve(app, sock: socket.socket, address: str, embedded_default: bool) -> int:
+    from aiohttp import web
+
+    runner = web.AppRunner(app, handle_signals=False, access_log=None)
+    await runner.setup()
+    await web.SockSite(runner, sock).start()
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):   # not on this platform
+            pass
+    print(f"LongLive live is serving on {address}" + ("  (tiny embedded default)" if embedded_default else ""),
+          flush=True)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+    print("stopped", flush=True)
+    return 0
+
+
+def url(host: str, port: int) -> str:
+    """The address to open in a browser (all-interfaces binds are shown as this machine)."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port, or UserError in one sentence."""
+    try:
+        family = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM)[0][0]
+        sock = socket.create_server((host, port), family=family, backlog=128)
+    except socket.gaierror:
+        raise UserError(f"cannot listen on {host}:{port}: unknown host {host!r}") from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise UserError(f"port {port} on {host} is already in use; pick another with --port") from None
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.setblocking(False)
+    return sock
