@@ -95,7 +95,7 @@ def _ms(t0: float) -> float:
 
 def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 3, kernels: bool = True,
               seed: int = 0, peak: float | None = None) -> dict[str, Any]:
-    dtype = DTYPES[cfg.runtime.dtype] if device.type == "cuda" else torch.float32
+    dtype = DTYPES[cfg.runtime.dtype]
     t0 = time.perf_counter()
     pipe = VideoPipeline.random(cfg, device)
     _sync(device)

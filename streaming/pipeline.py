@@ -107,7 +107,7 @@ class VideoPipeline:
     @classmethod
     def from_config(cls, cfg: Config, weights: str | Path | None = None, device: str | None = None) -> "VideoPipeline":
         dev = resolve_device(device or cfg.runtime.device)
-        dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        dtype = DTYPES[cfg.runtime.dtype]
         kernels.set_default_mode(cfg.runtime.kernels)
         files = locate(weights) if weights is not None else None
         if files is None:
@@ -126,7 +126,7 @@ class VideoPipeline:
         from .text import PromptEncoder
 
         dev = resolve_device(str(device or cfg.runtime.device))
-        dtype = DTYPES[cfg.runtime.dtype] if dev.type == "cuda" else torch.float32
+        dtype = DTYPES[cfg.runtime.dtype]
         kernels.set_default_mode(cfg.runtime.kernels)
         dit = _maybe_fp8(build_dit(cfg, dev, dtype), cfg, dev)
         text = PromptEncoder.random(cfg, dev) if cfg.text.kind == "umt5" else make_text_encoder(cfg, None, dev)

@@ -274,9 +274,8 @@ def random_taehv(device: torch.device | str, dtype: torch.dtype, weights_seed: i
 def make_taehv(cfg: Config, files: WeightFiles | None, device: torch.device | str,
                dtype: torch.dtype = torch.float32) -> TAEHVDecoder:
     """The pipeline's TAEHV decoder (vae.kind taehv): weights from `files.taehv`, or seeded
-    random weights from `cfg.weights_seed` when `files` is None. Float32 on the CPU."""
-    dev = torch.device(device)
-    dt = torch.float32 if dev.type == "cpu" else dtype
+    random weights from `cfg.weights_seed` when `files` is None; computing in `dtype`."""
+    dev, dt = torch.device(device), dtype
     if files is None:
         return random_taehv(dev, dt, cfg.weights_seed, latent_channels=cfg.model.in_dim)
     if files.taehv is None:

@@ -536,10 +536,7 @@ def make_decoder(cfg: Config, files: WeightFiles | None, device: torch.device | 
             raise WeightsError(f"no VAE weights in {files.root}: expected Wan2.1_VAE.pth "
                                "(official layout or directly in the folder)")
         model = load_vae(cfg.vae, files.vae)
-    device = torch.device(device)
-    if device.type == "cpu":
-        dtype = torch.float32
-    return StreamingVAEDecoder(model, device, dtype)
+    return StreamingVAEDecoder(model, torch.device(device), dtype)
 
 
 # -- cost model ------------------------------------------------------------------------------

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import math
+import sys
 import threading
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -149,29 +152,77 @@ def test_latest_frame_reads_let_a_slow_reader_skip_without_affecting_a_fast_one(
     assert len(bus.frames()) == 48                  # and nothing was queued for either of them
 
 
-def test_concurrent_publish_and_read_are_consistent():
-    bus = FrameBus(1000, capacity=64)
-    errors = []
+class _SlowRing(collections.deque):
+    """The bus's ring, but every read yields the interpreter first: a reader that is not
+    protected by the bus's lock is then all but sure to see the writer move the ring under it."""
+
+    def __getitem__(self, i):
+        time.sleep(0)
+        return super().__getitem__(i)
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _race(locked: bool) -> list:
+    """One writer publishing blocks, two readers asking for frames by seq and for the frame on
+    air; returns every inconsistency the readers saw (a frame other than the one asked for, a
+    frame whose pixels are not its own, the playhead going back, an exception)."""
+    bus = FrameBus(1000, capacity=24)
+    bus._ring = _SlowRing(maxlen=bus.capacity)
+    if not locked:
+        bus._lock = _NoLock()          # the deliberately broken variant
+    errors: list = []
+    done = threading.Event()
 
     def reader() -> None:
         last = -1
-        for _ in range(3000):
-            f = bus.current()
-            if f is None:
-                continue
-            if f.seq < last or int(f.image[0, 0, 0]) != f.seq % 256:
-                errors.append((last, f.seq))
-            last = f.seq
+        try:
+            while not done.is_set():
+                newest = bus.next_seq - 1
+                for seq in (newest, newest - 5, newest - 11):
+                    f = bus.get(seq)
+                    if f is not None and (f.seq != seq or int(f.image[0, 0, 0]) != seq % 256):
+                        errors.append(("get", seq, f.seq))
+                f = bus.current()
+                if f is not None:
+                    if f.seq < last or int(f.image[0, 0, 0]) != f.seq % 256:
+                        errors.append(("current", last, f.seq))
+                    last = f.seq
+        except Exception as e:  # an unprotected ring can also raise (index out of range)
+            errors.append(("raised", repr(e)))
 
-    threads = [threading.Thread(target=reader) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for i in range(100):
-        bus.publish(block(12, 12 * i))
-    for t in threads:
-        t.join()
-    assert not errors
-    assert bus.next_seq == 1200
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)        # switch threads often: races show up in a few hundred blocks
+    try:
+        for th in threads:
+            th.start()
+        for i in range(300):
+            bus.publish(block(12, 12 * i))
+            time.sleep(0)
+    finally:
+        done.set()
+        for th in threads:
+            th.join()
+        sys.setswitchinterval(interval)
+    assert bus.next_seq == 3600
+    return errors
+
+
+def test_concurrent_publish_and_read_are_consistent():
+    assert _race(locked=True) == []
+
+
+def test_the_concurrency_check_catches_a_bus_without_its_lock():
+    """The same check against the bus with its lock removed: it must see the race, or the test
+    above would pass whatever the bus did."""
+    assert _race(locked=False)
 
 
 def test_invalid_construction():

@@ -169,8 +169,8 @@ def test_make_decoder_dispatches_to_make_taehv(tmp_path: Path) -> None:
     assert isinstance(via_vae, TAEHVDecoder) and via_vae.widths == (8, 8, 4, 4)
     z = torch.randn(1, 3, cfg.model.in_dim, 2, 2)
     assert torch.equal(via_vae.decode(z), direct.decode(z))
-    random = make_decoder(cfg, None, "cpu", torch.bfloat16)          # CPU always computes in float32
-    assert isinstance(random, TAEHVDecoder) and random.dtype == torch.float32
+    random = make_decoder(cfg, None, "cpu", torch.bfloat16)          # the compute dtype asked for, on any device
+    assert isinstance(random, TAEHVDecoder) and random.dtype == torch.bfloat16
     other = _save(build_decoder(latent_channels=cfg.model.in_dim + 4, widths=(8, 8, 4, 4)), tmp_path / "other.pth")
     with pytest.raises(WeightsError, match=rf"other\.pth decodes {cfg.model.in_dim + 4}-channel latents"):
         make_taehv(cfg, WeightFiles(root=tmp_path, taehv=other), "cpu", torch.float32)

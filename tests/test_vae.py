@@ -4,12 +4,15 @@ and chunk-reset), streaming == whole clip, rewind state, checkpoint errors."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from golden import assert_close
+from golden import REPO, assert_close
 from streaming.config import VAEConfig, load_config
 from streaming.vae import (DecoderState, StreamingVAEDecoder, build_vae, decode_flops, load_vae,
                            make_decoder)
@@ -229,19 +232,36 @@ def test_flop_estimate_matches_the_reference_figure():
     assert decode_flops(full, 3, 60, 104, first=True) < decode_flops(full, 3, 60, 104)
 
 
-def test_norm_through_the_fused_kernel_matches(monkeypatch):
+def test_norm_through_the_fused_kernel_matches():
     """With the Triton path (the interpreter here; the GPU in production) the VAE's norm + SiLU
-    goes through kernels.rms_norm_channels on its channels-last activations."""
+    goes through the fused Triton kernel on its channels-last activations, and matches the
+    torch path. Run in a fresh process with the interpreter on from the start (so it does not
+    depend on which test imported triton first), counting the calls that reach the kernel."""
     pytest.importorskip("triton")
-    import os
-    if not os.environ.get("TRITON_INTERPRET"):
-        pytest.skip("needs TRITON_INTERPRET=1 (set by the kernel tests) on a CPU-only machine")
-    from streaming.vae import RMSNorm
-    norm = RMSNorm(24)
-    norm.gamma.data = torch.randn(24, 1, 1, 1)
-    norm.pack()
-    x = torch.randn(2, 3, 5, 7, 24)
-    expected = norm(x, silu=True)
-    monkeypatch.setenv("LONGLIVE_KERNELS", "triton")
-    got = norm(x, silu=True)
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    code = (
+        "import torch\n"
+        "from kernels import triton_fused\n"
+        "calls = []\n"
+        "real = triton_fused.rms_norm_channels\n"
+        "triton_fused.rms_norm_channels = lambda *a, **k: calls.append(1) or real(*a, **k)\n"
+        "from streaming.vae import RMSNorm\n"
+        "torch.manual_seed(0)\n"
+        "norm = RMSNorm(24)\n"
+        "norm.gamma.data = torch.randn(24, 1, 1, 1)\n"
+        "norm.pack()\n"
+        "x = torch.randn(2, 3, 5, 7, 24)\n"
+        "import os\n"
+        "os.environ['LONGLIVE_KERNELS'] = 'torch'\n"
+        "expected = norm(x, silu=True)\n"
+        "assert not calls\n"
+        "os.environ['LONGLIVE_KERNELS'] = 'triton'\n"
+        "got = norm(x, silu=True)\n"
+        "torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)\n"
+        "print('calls', len(calls))\n"
+    )
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop("LONGLIVE_KERNELS", None)
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["calls", "1"], out.stdout
+
