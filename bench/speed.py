@@ -6,7 +6,10 @@ streaming, kernels and torch-level libraries (GPU machines have no aiortc or av)
 
 Reported (printed, and written as JSON where `--json` says): per-block DiT ms and decode ms (VAE + uint8
 conversion + host copy), end-to-end FPS, time to first frame, prompt switch cost
-(re-cache + first block), peak GPU memory, device and versions, the FLOPs of a block and
+(re-cache + first block), the switch to a never-seen prompt (asked -> its first block, and
+the longest gap between two blocks meanwhile: the freeze a viewer sees) with the text
+encoder resident and offloaded, encoding beside generation as the server does and inline
+on the generation thread, peak GPU memory, device and versions, the FLOPs of a block and
 the ratio of the measured time to the FLOP floor (FLOPs / the device's dense bf16 rate),
 and, where Triton runs, each kernel beside the best torch path.
 
@@ -21,6 +24,7 @@ import json
 import logging
 import platform
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -93,6 +97,88 @@ def _ms(t0: float) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def switch_to_new_prompt(pipe: VideoPipeline, prompt: str, background: bool,
+                         device: torch.device) -> tuple[float, float]:
+    """Ask for `prompt` (never seen: the encoder runs) right after a block; returns the ms
+    until its first block is done and the longest gap between two consecutive blocks
+    meanwhile (ms). `background`: encoded on a thread of its own while blocks keep coming
+    under the old prompt, switched at the first boundary after it is ready (the server's
+    engine); else encoded inline on the generation thread, then switched."""
+    _sync(device)
+    t0 = last = time.perf_counter()
+    if not background:
+        pipe.switch_prompt(prompt, pipe.encode(prompt))
+        pipe.next_frames()
+        ms = _ms(t0)
+        return ms, ms
+    box: dict[str, Any] = {}
+
+    def encode() -> None:
+        try:
+            if device.type == "cuda" and device.index is not None:
+                torch.cuda.set_device(device.index)   # per thread, as the engine's encoder does
+            box["embedding"] = pipe.encode(prompt)
+        except Exception as e:  # re-raised on the generation thread
+            box["error"] = e
+
+    encoder = threading.Thread(target=encode, name="bench-encoder")
+    encoder.start()
+    gap, switched = 0.0, False
+    try:
+        while True:
+            if not switched and not encoder.is_alive():
+                if "error" in box:
+                    raise box["error"]
+                pipe.switch_prompt(prompt, box["embedding"])
+                switched = True
+            b = pipe.next_frames()
+            now = time.perf_counter()
+            gap, last = max(gap, now - last), now
+            if switched and b.prompt == prompt:
+                return (now - t0) * 1e3, gap * 1e3
+    finally:
+        encoder.join()
+
+
+def _offload_text_encoder(pipe: VideoPipeline) -> bool:
+    """Move the text encoder's weights to (pinned) host memory, visiting the GPU per encoding
+    (the `text.placement: offload` setting). False where there is nothing to offload."""
+    text = pipe.text
+    if getattr(text, "device", torch.device("cpu")).type != "cuda" or not hasattr(text, "placement"):
+        return False
+    text.model.to("cpu")
+    for p in text.model.parameters():
+        try:
+            p.data = p.data.pin_memory()
+        except RuntimeError:  # locked-memory limit: unpinned copies still work, slower
+            pass
+    text.placement = "offload"
+    torch.cuda.empty_cache()
+    return True
+
+
+def new_prompt_latency(pipe: VideoPipeline, device: torch.device, repeats: int = 2) -> dict[str, Any]:
+    """Switch latency and freeze for never-seen prompts: encoder resident, then offloaded
+    (null where it cannot be: on the CPU), each encoded beside generation and inline."""
+    out: dict[str, Any] = {}
+    take = 0
+    for placement in ("resident", "offload"):
+        suffix = "" if placement == "resident" else "_offload"
+        if placement == "offload" and not _offload_text_encoder(pipe):
+            for mode in ("background", "inline"):
+                out[f"new_prompt_switch_{mode}{suffix}_ms"] = out[f"new_prompt_stall_{mode}{suffix}_ms"] = None
+            continue
+        for mode in ("background", "inline"):
+            runs = []
+            for _ in range(repeats):
+                take += 1   # a prompt the encoder's cache has never seen
+                runs.append(switch_to_new_prompt(pipe, f"a paper boat on a flooded street, take {take}",
+                                                 mode == "background", device))
+            out[f"new_prompt_switch_{mode}{suffix}_ms"] = statistics.median(r[0] for r in runs)
+            out[f"new_prompt_stall_{mode}{suffix}_ms"] = statistics.median(r[1] for r in runs)
+    return out
+
+
 def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 3, kernels: bool = True,
               seed: int = 0, peak: float | None = None) -> dict[str, Any]:
     dtype = DTYPES[cfg.runtime.dtype]
@@ -145,6 +231,8 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         switch_ms.append(_ms(t0))
         pipe.next_frames()
     block_ms = statistics.median(d + v for d, v in zip(dit_ms, dec_ms))
+    peak_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    new_prompt = new_prompt_latency(pipe, device)   # last: it may offload the text encoder
 
     result: dict[str, Any] = {
         "config": cfg.name, "fp8": cfg.runtime.fp8, "decoder": cfg.vae.kind, "resolution": f"{cfg.video.width}x{cfg.video.height}", "dtype": str(dtype).replace("torch.", ""),
@@ -160,6 +248,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         "prompt_switch_ms": statistics.median(switch_ms),
         "recache_ms": max(0.0, statistics.median(switch_ms) - block_ms),
         "text_encode_ms": encode_ms,
+        **new_prompt,
         "build_s": build_s,
         "realtime_factor": (frames / (wall / 1e3)) / cfg.video.fps,
     }
@@ -175,7 +264,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         "floor_ms_per_block": floor_ms,
         "floor_fps": len(b.frames) / (floor_ms / 1e3) if floor_ms else None,
         "ratio_to_floor": block_ms / floor_ms if floor_ms else None,
-        "peak_memory_gb": torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None,
+        "peak_memory_gb": peak_gb,
     })
     result.update(environment(device))
     if kernels:
@@ -233,6 +322,10 @@ def format_table(r: dict[str, Any]) -> str:
         f"  end-to-end             {f('end_to_end_fps', ' fps')}  ({f('realtime_factor', 'x', 2)} real time)",
         f"  time to first frame    {f('time_to_first_frame_ms', ' ms')}",
         f"  prompt switch          {f('prompt_switch_ms', ' ms')}  (re-cache ~{f('recache_ms', ' ms')}, + first block)",
+        *(f"  new prompt, {where:<10} {f(f'new_prompt_switch_background{x}_ms', ' ms')} to its first block, "
+          f"longest gap {f(f'new_prompt_stall_background{x}_ms', ' ms')} (encoded beside generation); "
+          f"inline {f(f'new_prompt_switch_inline{x}_ms', ' ms')}"
+          for where, x in (("resident", ""), ("offloaded", "_offload"))),
         f"  FLOPs per block        DiT {_flops(r.get('dit_tflop_per_block'))}, decode {_flops(r.get('decode_tflop_per_block'))}",
     ]
     if r.get("floor_ms_per_block"):

@@ -1,23 +1,54 @@
-"""The engine: the one worker thread that owns the video pipeline.
+"""The engine: the one worker thread that owns the video pipeline, supervised.
 
-Nothing else touches the pipeline (or torch). Commands from the control protocol reach the
-worker through a thread-safe queue (`submit`) and are applied at block boundaries, i.e.
-between two `next_frames()` calls:
+Nothing else generates with the pipeline. Commands from the control protocol reach the
+worker through a bounded, thread-safe queue (`submit`) and are applied at block boundaries,
+i.e. between two `next_frames()` calls:
 
-- prompt: `pipe.switch_prompt(text)` (text encoding and KV re-cache happen in there); the
-  next block is generated under it and a `prompt_applied` event goes out. Several prompts
-  queued within one block: the last one wins, the others are reported as superseded.
-- seed: the stream restarts (`pipe.start`) with the new seed and the current prompt (the
-  latest one asked for) at the next boundary; frames already generated still play first.
+- prompt: the text is encoded off the generation thread, by the engine's encoder thread
+  (`PromptEncoderWorker`, thread "longlive-encoder", calling `pipe.encode`). The stream keeps
+  playing under the old prompt until the embedding is ready; at the next boundary after
+  that, `pipe.switch_prompt(text, embedding)` re-caches the cross-attention K/V, the next
+  block is generated under it and a `prompt_applied` event goes out. The last prompt wins:
+  a prompt still waiting for the encoder when a newer one arrives is never encoded; of
+  several prompts ready at one boundary only the newest is applied. Every prompt replaced
+  that way is listed in the `superseded` ids of the `prompt_applied` that replaced it (at
+  most `MAX_SUPERSEDED`, the newest). A prompt that fails to encode is an `error` event
+  with its command id; the stream and the state's `prompt` stay on the old prompt.
+- seed: the stream restarts (`pipe.start`) with the new seed under the current prompt (a
+  prompt queued before the seed whose embedding is ready counts as current) at the next
+  boundary; frames already generated still play first.
 - pause / resume: the playback clock freezes / continues at once (every viewer holds the
   frame on air); the worker generates nothing while paused.
 
 The worker generates just in time: it starts the next block only when at most
 `lead_blocks` blocks (counted in frames of the last block) are left to play, so a prompt
-switch reaches the screen within about `lead_blocks + 1` blocks.
+switch reaches the screen within about `lead_blocks + 1` blocks of its embedding being ready.
+
+Supervision. States (`EngineState.status`, the state map's `engine`): `running`,
+`restarting`, `stopped`. Any exception while starting the stream, applying a command or
+generating a block (a CUDA out-of-memory included) is one `error` event (one line, the
+offending command's id when a command caused it), then the state `restarting`: after a
+back-off (`backoff_s` doubling per failure in a row, at most `backoff_max_s`: by default 0.5,
+1, 2 and 4 s before the 2nd to 5th attempts, never more than 8 s) the stream starts again
+from a clean state (`pipe.start`) with the same prompt and seed, and the state goes back to
+`running` once a block has been generated. After `max_failures` (5) failures in a row (no
+block generated in between) the engine stops for good: an `error` saying so, the state
+`stopped` with `failed` set, and every command that was still waiting gets an error. While
+it is restarting or stopped, `submit` refuses every command with `CommandRefused` (the
+control hub answers it as an `error` with the command's id, never an ack); so it does when
+`COMMAND_QUEUE` (64) commands are already waiting. A prompt's encoding failing is not a
+failure of the stream: only that prompt's `error`. Commands queued before a failure are
+still applied after the restart; the command being applied when it failed is not retried.
+
+Devices. On `cuda:N` the engine thread and the encoder thread each make device N their
+current CUDA device (`bind_device`) before touching the pipeline, so Triton launches, CUDA
+events and the caching allocator follow the pipeline's GPU: one engine per GPU works on a
+multi-GPU machine.
 
 Events (prompt applied, state changes, errors) are handed to subscribers on their own
 asyncio loops with `loop.call_soon_threadsafe`; the worker never blocks on a listener.
+The state stays small: the prompt history it carries is bounded in entries (`HISTORY`)
+and in characters (`HISTORY_CHARS`), error texts in `MAX_ERROR_CHARS`.
 """
 
 from __future__ import annotations
@@ -27,21 +58,31 @@ import collections
 import logging
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from streaming.errors import one_line
+from streaming.errors import UserError, one_line
 
 from .framebus import FrameBus
-from .protocol import (Command, ErrorEvent, Event, PauseCommand, PromptApplied, PromptCommand, ResumeCommand,
-                       SeedCommand, StateEvent)
+from .protocol import (Command, ErrorEvent, Event, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
+                       ResumeCommand, SeedCommand, StateEvent)
 
 log = logging.getLogger(__name__)
 
-HISTORY = 50          # applied prompts kept for the state (new clients see the recent list)
-MAX_WAIT_S = 0.5      # the worker re-checks the clock at least this often
+HISTORY = 50             # applied prompts kept for the state (new clients see the recent list) ...
+HISTORY_CHARS = 16_000   # ... as many of the newest as fit in this many characters of prompt text
+MAX_WAIT_S = 0.5         # the worker re-checks the clock at least this often
+COMMAND_QUEUE = 64       # commands waiting for the next block boundary; more are refused
+MAX_SUPERSEDED = 32      # ids listed in one prompt_applied.superseded (the newest)
+MAX_ERROR_CHARS = 300    # one error text in an event or the state
+MAX_FAILURES = 5         # failures in a row before the engine stops for good
+BACKOFF_S = 0.5          # wait before the first restart, doubling per failure in a row ...
+BACKOFF_MAX_S = 8.0      # ... up to this
+
+RUNNING, RESTARTING, STOPPED = "running", "restarting", "stopped"
 
 
 class Pipeline(Protocol):
@@ -50,10 +91,17 @@ class Pipeline(Protocol):
     fps: int
     size: tuple[int, int]
     embedded_default: bool
+    device: Any                             # torch.device (cuda:N binds the engine's threads to GPU N)
 
-    def start(self, prompt: str, seed: int = 0) -> None: ...
-    def switch_prompt(self, prompt: str) -> None: ...
+    def encode(self, prompt: str) -> Any: ...    # thread-safe; called on the encoder thread
+    def start(self, prompt: str, seed: int = 0, embedding: Any = None) -> None: ...
+    def switch_prompt(self, prompt: str, embedding: Any = None) -> None: ...
     def next_frames(self) -> Any: ...        # FrameBlock: frames, block, prompt, dit_ms, decode_ms
+
+
+class CommandRefused(UserError):
+    """`submit` did not queue the command (the engine is down, or its queue is full);
+    `str(err)` is the sentence for the client."""
 
 
 @dataclass
@@ -73,9 +121,28 @@ class BlockTiming:
 
 
 @dataclass
+class _Encoded:
+    embedding: Any
+    encode_ms: float
+
+
+@dataclass
+class _Queued:
+    command: Command
+    received: float                          # engine clock
+    job: Future | None = None                # the encoding of a prompt command
+
+
+@dataclass
 class _PendingPrompt:
     command: PromptCommand
-    received: float            # monotonic
+    received: float
+    job: Future
+    superseded: list[RequestIdValue] = field(default_factory=list)   # ids this prompt replaced
+
+    @property
+    def encoded(self) -> _Encoded:
+        return self.job.result()
 
 
 @dataclass
@@ -86,57 +153,177 @@ class _Listener:
 
 @dataclass
 class EngineState:
-    prompt: str
+    prompt: str                  # the prompt the stream runs under (or switches to at the next block)
     seed: int
     paused: bool
-    running: bool
-    failed: str | None
+    running: bool                # the worker thread is alive
+    failed: str | None           # why the engine stopped for good
     blocks: int
+    status: str = RUNNING        # running | restarting | stopped
+    restarts: int = 0            # restarts after failures since the server started
+    pending_prompt: str | None = None   # the newest prompt asked for whose embedding is not applied yet
     history: list[dict[str, Any]] = field(default_factory=list)
+
+
+class PromptEncoderWorker:
+    """One thread that encodes prompts off the generation thread; the newest request wins.
+
+    `request(text)` returns a `Future` of an `_Encoded` and cancels every request still
+    waiting (one being encoded runs to the end). `setup` runs first on the thread (the CUDA
+    device binding); `on_done` after each encoding (the engine wakes its worker)."""
+
+    def __init__(self, encode: Callable[[str], Any], *, setup: Callable[[], None] | None = None,
+                 on_done: Callable[[], None] | None = None, name: str = "longlive-encoder"):
+        self._encode, self._setup, self._on_done, self.name = encode, setup, on_done, name
+        self._cond = threading.Condition()
+        self._queue: collections.deque[tuple[Future, str]] = collections.deque()
+        self._busy = False
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        with self._cond:
+            if self._thread is not None or self._closed:
+                return
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread.start()
+
+    def request(self, text: str) -> Future:
+        job: Future = Future()
+        with self._cond:
+            if self._closed:
+                job.set_exception(RuntimeError("the prompt encoder has stopped"))
+                return job
+            for waiting, _ in self._queue:
+                waiting.cancel()
+            self._queue.clear()
+            self._queue.append((job, text))
+            self._cond.notify_all()
+        return job
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is waiting or being encoded; False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def close(self, timeout: float = 30.0) -> None:
+        with self._cond:
+            self._closed = True
+            for waiting, _ in self._queue:
+                waiting.cancel()
+            self._queue.clear()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        if self._setup is not None:
+            try:
+                self._setup()
+            except Exception:  # encoding may still work on the default device; say why it may not
+                log.exception("the encoder thread could not bind its device")
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._closed)
+                if not self._queue:
+                    return
+                job, text = self._queue.popleft()
+                if not job.set_running_or_notify_cancel():
+                    continue
+                self._busy = True
+            t0 = time.perf_counter()
+            try:
+                job.set_result(_Encoded(self._encode(text), (time.perf_counter() - t0) * 1e3))
+            except Exception as e:  # the engine reports it for that prompt's id
+                job.set_exception(e)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+            if self._on_done is not None:
+                self._on_done()
+
+
+def cuda_index(pipe: Any) -> int | None:
+    """N when the pipeline runs on cuda:N, else None."""
+    dev = getattr(pipe, "device", None)
+    if getattr(dev, "type", None) == "cuda" and getattr(dev, "index", None) is not None:
+        return int(dev.index)
+    return None
+
+
+def bind_device(pipe: Any) -> None:
+    """Make the pipeline's GPU the calling thread's current CUDA device (a no-op off cuda:N).
+    The current device is per thread, so each thread that runs the pipeline calls this."""
+    index = cuda_index(pipe)
+    if index is not None:
+        import torch
+        torch.cuda.set_device(index)
+        log.info("thread %s uses cuda:%d", threading.current_thread().name, index)
 
 
 class Engine:
     def __init__(self, pipe: Pipeline, *, prompt: str = "", seed: int = 0, lead_blocks: int = 1,
-                 ring_frames: int | None = None, clock: Callable[[], float] = time.monotonic):
+                 ring_frames: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 queue_size: int = COMMAND_QUEUE, max_failures: int = MAX_FAILURES, backoff_s: float = BACKOFF_S,
+                 backoff_max_s: float = BACKOFF_MAX_S, sleep: Callable[[float], None] | None = None):
         if lead_blocks < 1:
             raise ValueError("lead_blocks must be at least 1")
+        if queue_size < 1 or max_failures < 1:
+            raise ValueError("queue_size and max_failures must be at least 1")
         self.pipe = pipe
         self.lead_blocks = lead_blocks
+        self.queue_size = queue_size
+        self.max_failures = max_failures
+        self.backoff_s, self.backoff_max_s = backoff_s, backoff_max_s
         video_frames_per_block = 4 * _latent_frames_per_block(pipe)
         # room for the block on air, `lead_blocks` blocks ahead and one block being replaced
         self.bus = FrameBus(pipe.fps, capacity=ring_frames or (lead_blocks + 2) * video_frames_per_block, clock=clock)
         self._clock = clock
-        self._prompt = prompt          # the prompt asked for last (applies at the next block)
+        self._sleep = sleep or self._wait_unless_stopping
+        self._prompt = prompt          # what the stream runs under (or switches to at the next block)
+        self._embedding: Any = None    # its embedding (None: encode it when the stream starts)
         self._seed = seed
         self._cond = threading.Condition()
-        self._commands: collections.deque[tuple[Command, float]] = collections.deque()
+        self._commands: collections.deque[_Queued] = collections.deque()
+        self._kick = False             # an encoding finished: the worker should look at once
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._listeners: list[_Listener] = []
         self._listeners_lock = threading.Lock()
-        self._pending: list[_PendingPrompt] = []
+        self.encoder = PromptEncoderWorker(pipe.encode, setup=lambda: bind_device(pipe), on_done=self._wake)
+        self._asked: list[_PendingPrompt] = []      # prompts drained from the queue, embedding not applied
+        self._newest: tuple[Future, str] | None = None   # the newest prompt asked for, until applied or failed
+        self._carry: collections.deque[RequestIdValue] = collections.deque(maxlen=MAX_SUPERSEDED)
+        self._switched: _PendingPrompt | None = None     # applied to the pipeline, awaiting its first block
         self._history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY)
         self._timing = BlockTiming()
         self._last_block_video_frames = 0
         self._blocks = 0               # blocks generated since the server started
+        self._status = RUNNING
         self._failed: str | None = None
+        self._failures = 0             # failures in a row (reset by a generated block)
+        self._restarts = 0
+        self._applying: Command | None = None   # the command being applied (for the failure's id)
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError("the engine is already started")
-        self._thread = threading.Thread(target=self._run, name="longlive-engine", daemon=True)
+        self._thread = threading.Thread(target=self.run, name="longlive-engine", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop the worker after the block in progress (blocking; call it off the event loop)."""
         with self._cond:
             self._stopping = True
+            self._status = STOPPED
             self._cond.notify_all()
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("the engine thread did not stop within %.0f s", timeout)
+        self.encoder.close(timeout)
 
     @property
     def running(self) -> bool:
@@ -144,13 +331,37 @@ class Engine:
 
     # -- commands (any thread) -------------------------------------------------------------------
     def submit(self, command: Command) -> None:
-        """Queue a command for the next block boundary (pause/resume act on playback at once)."""
-        if isinstance(command, PauseCommand):
-            self.bus.pause()
-        elif isinstance(command, ResumeCommand):
-            self.bus.resume()
+        """Queue a command for the next block boundary (pause/resume act on playback at once;
+        a prompt starts encoding at once). Raises `CommandRefused` when the engine is not
+        running or `queue_size` commands are already waiting."""
         with self._cond:
-            self._commands.append((command, self._clock()))
+            if self._thread is not None and self._thread.ident is not None and not self._thread.is_alive():
+                self._status = STOPPED     # the worker is gone (it cannot be, short of a bug): say so
+            if self._status != RUNNING:
+                raise CommandRefused(self._refusal(command))
+            if len(self._commands) >= self.queue_size:
+                raise CommandRefused(f"the engine already has {len(self._commands)} commands waiting; "
+                                     f"{command.TYPE} was refused, try again")
+            if isinstance(command, PauseCommand):
+                self.bus.pause()
+            elif isinstance(command, ResumeCommand):
+                self.bus.resume()
+            job = None
+            if isinstance(command, PromptCommand):
+                job = self.encoder.request(command.text)
+                self._newest = (job, command.text)
+            self._commands.append(_Queued(command, self._clock(), job))
+            self._cond.notify_all()
+
+    def _refusal(self, command: Command) -> str:
+        if self._status == RESTARTING:
+            return f"the generator is restarting after a failure; {command.TYPE} was not applied, try again shortly"
+        why = f" ({self._failed})" if self._failed else ""
+        return f"the generator has stopped{why}; {command.TYPE} was not applied"
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._kick = True
             self._cond.notify_all()
 
     # -- events -----------------------------------------------------------------------------------
@@ -181,44 +392,121 @@ class Engine:
     def state(self) -> EngineState:
         with self._cond:
             return EngineState(prompt=self._prompt, seed=self._seed, paused=self.bus.paused, running=self.running,
-                               failed=self._failed, blocks=self._blocks, history=list(self._history))
+                               failed=self._failed, blocks=self._blocks, status=self._status,
+                               restarts=self._restarts, pending_prompt=self._newest[1] if self._newest else None,
+                               history=_bounded_history(self._history))
 
     def timing(self) -> BlockTiming:
         with self._cond:
             t = self._timing
             return BlockTiming(t.block, t.frames, t.dit_ms, t.decode_ms)
 
-    # -- the worker ----------------------------------------------------------------------------------
-    def _run(self) -> None:
+    # -- the worker and its supervisor ------------------------------------------------------------
+    def run(self) -> None:
+        """The worker thread: serve the stream; after a failure, back off and start again from
+        a clean state, until stopped or `max_failures` failures in a row."""
         try:
-            self.begin()
+            fresh = True
             while True:
-                wait = self.step()
-                with self._cond:
-                    if self._stopping:
-                        break
-                    if wait > 0 and not self._commands:
-                        self._cond.wait(min(wait, MAX_WAIT_S))
-        except Exception as e:  # the stream cannot go on; say so to every client and stop
-            log.exception("the generator failed")
-            with self._cond:
-                self._failed = f"{type(e).__name__}: {one_line(e)}"
-            self._emit(ErrorEvent(message=f"the generator stopped: {self._failed}"))
-            self._emit(StateEvent(state={"failed": self._failed}))
+                try:
+                    self._serve(fresh)
+                    return
+                except Exception as e:
+                    fresh = False
+                    if not self._recover(e):
+                        return
         finally:
             log.info("engine stopped after %d blocks", self._blocks)
 
+    def _serve(self, fresh: bool) -> None:
+        bind_device(self.pipe)         # before anything touches the GPU on this thread
+        if fresh:
+            self.begin()
+        else:
+            self._restart()
+        while True:
+            wait = self.step()
+            with self._cond:
+                if self._stopping:
+                    return
+                if wait > 0 and not self._commands and not self._kick:
+                    self._cond.wait(min(wait, MAX_WAIT_S))
+
     def begin(self) -> None:
         """Start the first stream (the worker does this; tests driving `step` call it once)."""
+        self.encoder.start()
+        self._start_stream()
         with self._cond:
-            prompt, seed = self._prompt, self._seed
-        self.pipe.start(prompt, seed)
-        log.info("stream started: seed %d, prompt %r", seed, prompt)
+            log.info("stream started: seed %d, prompt %r", self._seed, self._prompt)
 
+    def _restart(self) -> None:
+        """A clean stream with the same prompt and seed, after a failure."""
+        self._start_stream()
+        with self._cond:
+            self._restarts += 1
+            log.info("stream restarted after a failure: seed %d, prompt %r", self._seed, self._prompt)
+
+    def _start_stream(self) -> None:
+        with self._cond:
+            prompt, seed, embedding = self._prompt, self._seed, self._embedding
+        if embedding is None:          # the first stream: its prompt has not been encoded yet
+            embedding = self.pipe.encode(prompt)
+            with self._cond:
+                self._embedding = embedding
+        self.pipe.start(prompt, seed, embedding)
+
+    def _recover(self, exc: Exception) -> bool:
+        """One failure: tell every client, then back off (True: start again) or give up (False)."""
+        command, self._applying = self._applying, None
+        what = f"{type(exc).__name__}: {one_line(exc)}"[:MAX_ERROR_CHARS]
+        rid = command.id if command is not None else None
+        with self._cond:
+            self._failures += 1
+            failures, stopping = self._failures, self._stopping
+        log.error("the generator failed (%d in a row): %s", failures, what, exc_info=exc)
+        if stopping:
+            return False
+        if failures >= self.max_failures:
+            with self._cond:
+                self._status, self._failed = STOPPED, what
+            self._emit(ErrorEvent(id=rid, message=f"the generator stopped after {failures} failures in a row: {what}"))
+            self._emit(StateEvent(state=self._state_delta()))
+            self._drop_waiting("the generator stopped")
+            return False
+        delay = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
+        with self._cond:
+            if self._stopping:
+                return False
+            self._status = RESTARTING
+        self._emit(ErrorEvent(id=rid, message=f"the generator failed ({what}); restarting in {delay:g} s "
+                                                f"(failure {failures} of {self.max_failures})"))
+        self._emit(StateEvent(state=self._state_delta()))
+        self._sleep(delay)
+        with self._cond:
+            return not self._stopping
+
+    def _wait_unless_stopping(self, seconds: float) -> None:
+        with self._cond:
+            self._cond.wait_for(lambda: self._stopping, seconds)
+
+    def _drop_waiting(self, why: str) -> None:
+        """The engine stopped for good: every command still waiting gets an error."""
+        with self._cond:
+            queued, self._commands = list(self._commands), collections.deque()
+            self._newest = None
+        dropped = [q.command for q in queued] + [p.command for p in self._asked]
+        if self._switched is not None:
+            dropped.append(self._switched.command)
+        self._asked, self._switched = [], None
+        for command in dropped:
+            self._emit(ErrorEvent(id=command.id, message=f"{command.TYPE} was not applied: {why}"))
+
+    # -- one turn at a block boundary ------------------------------------------------------------------
     def step(self) -> float:
-        """One turn of the worker at a block boundary: apply the queued commands, then generate
-        a block if playback needs one. Returns 0 after a block, else the seconds to wait.
-        (The worker thread loops on it; tests call it directly with a fake clock.)"""
+        """One turn of the worker at a block boundary: apply the queued commands and any prompt
+        whose embedding is ready, then generate a block if playback needs one. Returns 0 after
+        a block, else the seconds to wait. (The worker thread loops on it; tests call it
+        directly with a fake clock.) Raises whatever the pipeline raises."""
         self._apply_commands()
         if self.bus.paused:
             return MAX_WAIT_S
@@ -229,61 +517,109 @@ class Engine:
         return 0.0
 
     def _apply_commands(self) -> None:
-        """At a block boundary: apply everything queued, in order. Prompts only record what
-        was asked; the switch (text encoding, cross-attention K/V) is done once, for the last
-        of them, after the queue is drained."""
+        """At a block boundary: apply everything queued, in order, then switch to the newest
+        prompt whose embedding is ready (if any)."""
         changed = False
-        switch: PromptCommand | None = None
-        with self._cond:
-            running = self._prompt          # what the pipeline runs under now
-        first_pending = len(self._pending)
         while True:
             with self._cond:
+                self._kick = False
                 if not self._commands:
                     break
-                command, received = self._commands.popleft()
+                item = self._commands.popleft()
+            command = item.command
             if isinstance(command, PromptCommand):
-                with self._cond:
-                    self._prompt = command.text
-                self._pending.append(_PendingPrompt(command, received))
-                switch = command
+                assert item.job is not None
+                self._asked.append(_PendingPrompt(command, item.received, item.job))
                 continue
+            self._applying = command
+            if isinstance(command, SeedCommand):
+                self._reseed(command)
+                changed = True
+            elif isinstance(command, (PauseCommand, ResumeCommand)):
+                changed = True             # playback already acted in submit(); tell every client
+            else:
+                log.warning("engine ignores command %r", command)
+            self._applying = None
+        ready = self._take_ready()
+        if ready is not None:
+            self._applying = ready.command
             try:
-                changed |= self._apply(command)
-                if isinstance(command, SeedCommand):
-                    switch = None          # the restart already runs under the latest prompt
-                    with self._cond:
-                        running = self._prompt
-                    first_pending = len(self._pending)
-            except Exception as e:   # a command the pipeline refuses must not end the stream
-                log.exception("could not apply %r", command)
-                self._emit(ErrorEvent(id=command.id, message=f"could not apply {command.TYPE}: {one_line(e)}"))
-        if switch is not None:
-            try:
-                self.pipe.switch_prompt(switch.text)
-            except Exception as e:   # the stream goes on under the prompt it had
-                log.exception("could not switch to %r", switch.text)
-                with self._cond:
-                    self._prompt = running
-                del self._pending[first_pending:]
-                self._emit(ErrorEvent(id=switch.id, message=f"could not apply prompt: {one_line(e)}"))
+                self.pipe.switch_prompt(ready.command.text, ready.encoded.embedding)
+            except Exception:          # the supervisor restarts under the old prompt
+                self._forget(ready.job)
+                raise
+            self._applying = None
+            self._switched_to(ready)
         if changed:
             self._emit(StateEvent(state=self._state_delta()))
 
-    def _apply(self, command: Command) -> bool:
-        """Apply one non-prompt command; True if clients should hear the new state."""
-        if isinstance(command, SeedCommand):
-            with self._cond:
-                prompt = self._prompt
-            self.pipe.start(prompt, command.seed)
-            with self._cond:
-                self._seed = command.seed
-            log.info("stream restarted: seed %d, prompt %r", command.seed, prompt)
-            return True
-        if isinstance(command, (PauseCommand, ResumeCommand)):
-            return True                  # playback already acted in submit(); tell every client
-        log.warning("engine ignores command %r", command)
-        return False
+    def _reseed(self, command: SeedCommand) -> None:
+        """A new stream with the seed, under the newest ready prompt (else the current one)."""
+        ready = self._take_ready()
+        with self._cond:
+            prompt, embedding = self._prompt, self._embedding
+        if ready is not None:
+            prompt, embedding = ready.command.text, ready.encoded.embedding
+        try:
+            self.pipe.start(prompt, command.seed, embedding)
+        except Exception:              # the supervisor restarts with the old seed and prompt
+            if ready is not None:
+                self._forget(ready.job)
+            raise
+        with self._cond:
+            self._seed = command.seed
+        if ready is not None:
+            self._switched_to(ready)
+        log.info("stream restarted: seed %d, prompt %r", command.seed, prompt)
+
+    def _take_ready(self) -> _PendingPrompt | None:
+        """The newest asked-for prompt whose embedding is ready, with the ids it replaces;
+        failed encodings become errors for their ids; prompts still encoding stay asked."""
+        newest = None
+        for i, p in enumerate(self._asked):
+            if p.job.done() and not p.job.cancelled() and p.job.exception() is None:
+                newest = i
+        keep: list[_PendingPrompt] = []
+        found: _PendingPrompt | None = None
+        for i, p in enumerate(self._asked):
+            if p.job.done() and not p.job.cancelled() and p.job.exception() is not None:
+                self._prompt_failed(p)
+            elif p.job.cancelled() or (newest is not None and i < newest):
+                p.job.cancel()             # overtaken by a newer prompt: never applied
+                self._carry.extend(p.superseded)
+                self._carry.append(p.command.id)
+            elif i == newest:
+                found = p
+                found.superseded = list(self._carry)
+                self._carry.clear()
+            else:
+                keep.append(p)             # still encoding, newer than any ready one
+        self._asked = keep
+        return found
+
+    def _prompt_failed(self, p: _PendingPrompt) -> None:
+        err = p.job.exception()
+        log.warning("could not encode %r: %s", p.command.text, err)
+        self._forget(p.job)
+        message = f"could not encode the prompt: {one_line(err)}"[:MAX_ERROR_CHARS]
+        self._emit(ErrorEvent(id=p.command.id, message=message))
+
+    def _forget(self, job: Future) -> None:
+        """The prompt of `job` will not be applied: it is no longer pending."""
+        with self._cond:
+            if self._newest is not None and self._newest[0] is job:
+                self._newest = None
+
+    def _switched_to(self, p: _PendingPrompt) -> None:
+        """The pipeline now runs under `p` (from its next block)."""
+        with self._cond:
+            self._prompt, self._embedding = p.command.text, p.encoded.embedding
+            if self._newest is not None and self._newest[0] is p.job:
+                self._newest = None
+        if self._switched is not None:     # switched twice before a block: the first never showed
+            p.superseded = ([*self._switched.superseded, self._switched.command.id] + p.superseded)
+        p.superseded = p.superseded[-MAX_SUPERSEDED:]
+        self._switched = p
 
     def _generate_block(self) -> None:
         blk = self.pipe.next_frames()
@@ -294,17 +630,24 @@ class Engine:
             self._timing = BlockTiming(blk.block, len(frames), float(blk.dit_ms), float(blk.decode_ms))
             self._last_block_video_frames = len(frames)
             self._blocks += 1
-            pending, self._pending = self._pending, []
-        if pending:
-            self._prompt_applied(pending, blk, first_seq, done)
+            self._failures = 0
+            recovered = self._status == RESTARTING
+            if recovered:
+                self._status = RUNNING
+        if recovered:
+            log.info("the generator is running again")
+            self._emit(StateEvent(state=self._state_delta()))
+        switched, self._switched = self._switched, None
+        if switched is not None:
+            self._prompt_applied(switched, blk, first_seq, done)
 
-    def _prompt_applied(self, pending: list[_PendingPrompt], blk: Any, first_seq: int, done: float) -> None:
-        last = pending[-1]
+    def _prompt_applied(self, p: _PendingPrompt, blk: Any, first_seq: int, done: float) -> None:
         playhead = self.bus.playhead()
         plays_in = max(0.0, (first_seq - playhead) / self.bus.fps) if playhead >= 0 else 0.0
-        event = PromptApplied(id=last.command.id, text=blk.prompt, block=int(blk.block), frame=first_seq,
-                              latency_ms=round((done - last.received) * 1e3, 1), plays_in_ms=round(plays_in * 1e3, 1),
-                              time=time.time(), superseded=[p.command.id for p in pending[:-1]])
+        event = PromptApplied(id=p.command.id, text=blk.prompt, block=int(blk.block), frame=first_seq,
+                              latency_ms=round((done - p.received) * 1e3, 1), plays_in_ms=round(plays_in * 1e3, 1),
+                              time=time.time(), superseded=list(p.superseded),
+                              encode_ms=round(p.encoded.encode_ms, 1))
         with self._cond:
             self._history.append({"id": event.id, "text": event.text, "block": event.block, "frame": event.frame,
                                   "latency_ms": event.latency_ms, "time": event.time})
@@ -313,7 +656,20 @@ class Engine:
 
     def _state_delta(self) -> dict[str, Any]:
         s = self.state()
-        return {"prompt": s.prompt, "seed": s.seed, "paused": s.paused}
+        return {"prompt": s.prompt, "seed": s.seed, "paused": s.paused, "engine": s.status, "failed": s.failed,
+                "restarts": s.restarts}
+
+
+def _bounded_history(history: collections.deque[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest entries whose prompt texts fit in HISTORY_CHARS (at least the newest), oldest first."""
+    out: list[dict[str, Any]] = []
+    chars = 0
+    for entry in reversed(history):
+        chars += len(entry["text"])
+        if out and chars > HISTORY_CHARS:
+            break
+        out.append(entry)
+    return out[::-1]
 
 
 def _latent_frames_per_block(pipe: Any) -> int:

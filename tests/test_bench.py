@@ -12,6 +12,10 @@ FIELDS = {
     "dit_ms_per_block", "decode_ms_per_block", "end_to_end_fps", "time_to_first_frame_ms", "prompt_switch_ms",
     "recache_ms", "peak_memory_gb", "device", "torch", "triton", "python", "dit_tflop_per_block",
     "decode_tflop_per_block", "floor_ms_per_block", "ratio_to_floor", "kernels", "resolution", "dtype",
+    # a never-seen prompt: asked -> its first block, and the longest gap between blocks meanwhile
+    "new_prompt_switch_background_ms", "new_prompt_stall_background_ms", "new_prompt_switch_inline_ms",
+    "new_prompt_stall_inline_ms", "new_prompt_switch_background_offload_ms", "new_prompt_stall_background_offload_ms",
+    "new_prompt_switch_inline_offload_ms", "new_prompt_stall_inline_offload_ms",
 }
 
 
@@ -31,7 +35,11 @@ def test_bench_tiny_cpu_writes_every_field(tmp_path):
     assert r["ratio_to_floor"] > 1  # a CPU at an assumed 1 TFLOP/s floor cannot beat it
     kernels = {k["kernel"] for k in r["kernels"] if "kernel" in k}
     assert {"attention self", "rms_norm_rope", "modulated_layer_norm", "gated_residual"} <= kernels
-    assert "end-to-end" in run.stdout and "prompt switch" in run.stdout
+    assert "end-to-end" in run.stdout and "prompt switch" in run.stdout and "new prompt, resident" in run.stdout
+    for mode in ("background", "inline"):
+        # the gap between two blocks lies within the switch; nothing to offload on the CPU
+        assert 0 < r[f"new_prompt_stall_{mode}_ms"] <= r[f"new_prompt_switch_{mode}_ms"]
+        assert r[f"new_prompt_switch_{mode}_offload_ms"] is None and r[f"new_prompt_stall_{mode}_offload_ms"] is None
 
 
 def test_bench_full_size_flops_match_the_arithmetic():
