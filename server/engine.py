@@ -5,7 +5,7 @@ worker through a bounded, thread-safe queue (`submit`) and are applied at block 
 i.e. between two `next_frames()` calls:
 
 - prompt: the text is encoded off the generation thread, by the engine's encoder thread
-  (`PromptEncoderWorker`, thread "longlive-encoder", calling `pipe.encode`). The stream keeps
+  (`prompt_encoder.PromptEncoderWorker`, thread "longlive-encoder", calling `pipe.encode`). The stream keeps
   playing under the old prompt until the embedding is ready; at the next boundary after
   that, `pipe.switch_prompt(text, embedding)` re-caches the cross-attention K/V, the next
   block is generated under it and a `prompt_applied` event goes out. The last prompt wins:
@@ -67,6 +67,7 @@ import numpy as np
 from streaming.errors import UserError, one_line
 
 from .framebus import FrameBus
+from .prompt_encoder import Encoded, PromptEncoderWorker
 from .protocol import (Command, ErrorEvent, Event, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
                        ResumeCommand, SeedCommand, StateEvent)
 
@@ -121,12 +122,6 @@ class BlockTiming:
 
 
 @dataclass
-class _Encoded:
-    embedding: Any
-    encode_ms: float
-
-
-@dataclass
 class _Queued:
     command: Command
     received: float                          # engine clock
@@ -141,7 +136,7 @@ class _PendingPrompt:
     superseded: list[RequestIdValue] = field(default_factory=list)   # ids this prompt replaced
 
     @property
-    def encoded(self) -> _Encoded:
+    def encoded(self) -> Encoded:
         return self.job.result()
 
 
@@ -163,85 +158,6 @@ class EngineState:
     restarts: int = 0            # restarts after failures since the server started
     pending_prompt: str | None = None   # the newest prompt asked for whose embedding is not applied yet
     history: list[dict[str, Any]] = field(default_factory=list)
-
-
-class PromptEncoderWorker:
-    """One thread that encodes prompts off the generation thread; the newest request wins.
-
-    `request(text)` returns a `Future` of an `_Encoded` and cancels every request still
-    waiting (one being encoded runs to the end). `setup` runs first on the thread (the CUDA
-    device binding); `on_done` after each encoding (the engine wakes its worker)."""
-
-    def __init__(self, encode: Callable[[str], Any], *, setup: Callable[[], None] | None = None,
-                 on_done: Callable[[], None] | None = None, name: str = "longlive-encoder"):
-        self._encode, self._setup, self._on_done, self.name = encode, setup, on_done, name
-        self._cond = threading.Condition()
-        self._queue: collections.deque[tuple[Future, str]] = collections.deque()
-        self._busy = False
-        self._closed = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        with self._cond:
-            if self._thread is not None or self._closed:
-                return
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
-            self._thread.start()
-
-    def request(self, text: str) -> Future:
-        job: Future = Future()
-        with self._cond:
-            if self._closed:
-                job.set_exception(RuntimeError("the prompt encoder has stopped"))
-                return job
-            for waiting, _ in self._queue:
-                waiting.cancel()
-            self._queue.clear()
-            self._queue.append((job, text))
-            self._cond.notify_all()
-        return job
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is waiting or being encoded; False on timeout."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    def close(self, timeout: float = 30.0) -> None:
-        with self._cond:
-            self._closed = True
-            for waiting, _ in self._queue:
-                waiting.cancel()
-            self._queue.clear()
-            self._cond.notify_all()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-
-    def _run(self) -> None:
-        if self._setup is not None:
-            try:
-                self._setup()
-            except Exception:  # encoding may still work on the default device; say why it may not
-                log.exception("the encoder thread could not bind its device")
-        while True:
-            with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue:
-                    return
-                job, text = self._queue.popleft()
-                if not job.set_running_or_notify_cancel():
-                    continue
-                self._busy = True
-            t0 = time.perf_counter()
-            try:
-                job.set_result(_Encoded(self._encode(text), (time.perf_counter() - t0) * 1e3))
-            except Exception as e:  # the engine reports it for that prompt's id
-                job.set_exception(e)
-            with self._cond:
-                self._busy = False
-                self._cond.notify_all()
-            if self._on_done is not None:
-                self._on_done()
 
 
 def cuda_index(pipe: Any) -> int | None:
