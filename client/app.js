@@ -4,30 +4,34 @@ import { ControlChannel, PROTOCOL_VERSION } from "./control.js";
 import * as ui from "./ui.js";
 
 const { els } = ui;
+const DEFAULT_PROMPT_CHARS = 2000;   // until the server's hello says (state.limits.prompt_chars)
+
 let session = null;     // {pc, channel, session, close}
-let control = null;     // ControlChannel
+let control = null;     // ControlChannel, while its data channel is open
 let state = {};         // the server's state, as last heard
 let retryTimer = null;
 let captionTimer = null;
+
+const promptLimit = () => state.limits?.prompt_chars ?? DEFAULT_PROMPT_CHARS;
+// the server counts characters (code points) of the trimmed text; so does the page
+const promptLength = (text) => [...text].length;
 
 async function start() {
   clearTimeout(retryTimer);
   ui.setStatus("connecting");
   ui.setOverlay("Connecting…");
+  let current = null;
   try {
-    session = await connect({
+    current = await connect({
       onTrack: (stream) => {
         els.video.srcObject = stream;
         els.video.play().catch(() => {});
       },
       onState: (s) => {
-        if (s === "failed" || s === "disconnected" || s === "closed") {
-          ui.setStatus("disconnected");
-          ui.setOverlay("Disconnected — reconnecting…");
-          if (s !== "disconnected") scheduleRetry();
-        } else if (s === "connected") {
-          ui.setStatus(state.paused ? "paused" : "live");
-        }
+        if (current !== null && current !== session) return;        // an old connection
+        if (s === "failed" || s === "closed") lost("The connection to the server was lost");
+        else if (s === "disconnected") lost("The connection to the server is interrupted", { retry: false });
+        else if (s === "connected" && control?.open) live();
       },
     });
   } catch (err) {
@@ -37,8 +41,40 @@ async function start() {
     scheduleRetry();
     return;
   }
-  control = new ControlChannel(session.channel);
-  wireControl(control);
+  session = current;
+  const channel = session.channel;
+  const c = new ControlChannel(channel);
+  wireControl(c);
+  const opened = () => {
+    if (session !== current) return;
+    control = c;
+    if (session.pc.connectionState === "connected") live();
+  };
+  if (channel.readyState === "open") opened();
+  else channel.addEventListener("open", opened);
+  // the server closes the channel when it stops or ends the session: say so now, not when ICE gives up
+  channel.addEventListener("close", () => {
+    if (session === current) lost("The server closed the connection");
+  });
+}
+
+/** Connected and the control channel open: the state decides the pill. */
+function live() {
+  els.send.disabled = false;
+  ui.showState(state);
+  if (els.video.readyState >= 2 && !els.video.paused) ui.setOverlay(null);
+}
+
+/** The picture is no longer live: say so at once, over the frozen frame. */
+function lost(why, { retry = true } = {}) {
+  ui.setStatus("disconnected", "disconnected");
+  ui.setOverlay(`${why} — ${retry ? "reconnecting" : "waiting for it"}…`);
+  els.send.disabled = true;
+  if (retry) {
+    ui.markUnsent("not applied: the connection dropped before the server applied it");
+    control = null;
+    scheduleRetry();
+  }
 }
 
 function scheduleRetry() {
@@ -54,30 +90,40 @@ function wireControl(c) {
     if (msg.protocol !== PROTOCOL_VERSION) ui.showError(`The server speaks protocol ${msg.protocol}, this page ${PROTOCOL_VERSION}.`);
     state = msg.state;
     ui.showNotice(state);
-    ui.showState(state);
+    ui.showState(state, isLive());
     ui.showHistory(state.prompts ?? []);
-    if (state.stats) ui.showStats(state.stats);
-    els.send.disabled = false;
+    if (state.stats) ui.showStats(state.stats, state.fps);
+    checkPrompt();
   });
   c.on("state", (msg) => {
     state = { ...state, ...msg.state };
-    ui.showState(state);
+    ui.showState(state, isLive());
   });
-  c.on("stats", (msg) => ui.showStats(msg));
+  c.on("stats", (msg) => {
+    state.stats = msg;
+    ui.showStats(msg, state.fps);
+  });
+  c.on("ack", (msg) => ui.markQueued(msg.id));
   c.on("prompt_applied", (msg) => {
     state.prompt = msg.text;
     ui.addApplied(msg);
     ui.showLatency(msg.latency_ms + msg.plays_in_ms);
     // the caption follows the picture: the new block goes on air after the frames before it
     clearTimeout(captionTimer);
-    captionTimer = setTimeout(() => ui.showState(state), msg.plays_in_ms);
+    captionTimer = setTimeout(() => ui.showState(state, isLive()), msg.plays_in_ms);
   });
-  c.on("error", (msg) => ui.showError(msg.message));
+  c.on("error", (msg) => {
+    // a refused prompt: its entry in the list says why (and the message shows too)
+    ui.markRejected(msg.id, msg.message);
+    ui.showError(msg.message);
+  });
 }
 
+const isLive = () => control !== null && session?.pc.connectionState === "connected";
+
 function send(type, fields) {
-  if (!control) {
-    ui.showError("Not connected yet.");
+  if (!control?.open) {
+    ui.showError("Not connected to the server: nothing was sent.");
     return null;
   }
   try {
@@ -89,12 +135,30 @@ function send(type, fields) {
 }
 
 // -- the performer's controls --------------------------------------------------------
+function checkPrompt() {
+  ui.showPromptLength(promptLength(els.prompt.value.trim()), promptLimit());
+}
+
+els.prompt.addEventListener("input", checkPrompt);
+
 els.form.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const text = els.prompt.value.trim();
-  if (!text) return;
-  if (send("prompt", { text })) {
-    ui.showPending(text);
+  const chars = promptLength(text);
+  if (!chars) {
+    ui.showError("Type a prompt first: the box is empty.");
+    els.prompt.focus();
+    return;
+  }
+  if (chars > promptLimit()) {
+    ui.showError(`This prompt is ${chars.toLocaleString("en-US")} characters long; the server takes at most ` +
+                 `${promptLimit().toLocaleString("en-US")}. Shorten it, then switch. Nothing was sent.`);
+    checkPrompt();
+    return;
+  }
+  const id = send("prompt", { text });
+  if (id) {
+    ui.showPending(id, text);
     els.prompt.select();
   }
 });
@@ -123,9 +187,10 @@ els.seedRandom.addEventListener("click", () => {
   els.seedForm.requestSubmit();
 });
 
-// hide the overlay once pictures arrive
-els.video.addEventListener("playing", () => ui.setOverlay(null));
+// hide the overlay once pictures arrive (and the connection is up)
+els.video.addEventListener("playing", () => { if (isLive()) ui.setOverlay(null); });
 window.addEventListener("pagehide", () => session?.close());
 
 els.send.disabled = true;
+checkPrompt();
 start();

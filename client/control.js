@@ -9,14 +9,20 @@ export class ControlChannel {
     this.channel = channel;
     this.channel.binaryType = "arraybuffer";
     this.handlers = new Map();   // type -> Set(callback)
+    // ids are unique to this page, so another page's ids (in prompt_applied.superseded) never match ours
+    this.idPrefix = Math.random().toString(36).slice(2, 8);
     this.nextId = 1;
     this.channel.addEventListener("message", (ev) => this.#receive(ev.data));
   }
 
+  get open() {
+    return this.channel.readyState === "open";
+  }
+
   /** Send a command; returns its request id (echoed in the server's ack / prompt_applied / error). */
   send(type, fields = {}) {
-    const id = `c${this.nextId++}`;
     if (this.channel.readyState !== "open") throw new Error("the control channel is not open");
+    const id = `${this.idPrefix}-${this.nextId++}`;
     this.channel.send(encode({ type, id, ...fields }));
     return id;
   }

@@ -7,11 +7,18 @@ export const els = {
   form: $("prompt-form"), prompt: $("prompt"), send: $("send"), hint: $("prompt-hint"),
   pause: $("pause"), seedForm: $("seed-form"), seed: $("seed"), seedRandom: $("seed-random"),
   error: $("error"), applied: $("applied"),
-  fps: $("stat-fps"), latency: $("stat-latency"), block: $("stat-block"), viewers: $("stat-viewers"),
+  generated: $("stat-generated"), delivered: $("stat-delivered"), rates: $("stat-rates"), stall: $("stat-stall"),
+  latency: $("stat-latency"), block: $("stat-block"), viewers: $("stat-viewers"),
 };
+
+const HINT = "Enter ↵ to switch";
+const STALL_RATIO = 0.8;        // a rate below 80% of what it should be is a stall
+const STALL_WINDOW_S = 3;       // ... once the rates cover at least this long (blocks arrive 12 frames at a time)
 
 const clock = (unixSeconds) =>
   new Date(unixSeconds * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+const count = (n) => n.toLocaleString("en-US");
+const rate = (fps) => (fps == null ? "–" : fps.toFixed(1));
 
 export function setStatus(state, text = state) {
   els.status.dataset.state = state;
@@ -44,37 +51,99 @@ export function showError(message) {
   }
 }
 
-export function showState(state) {
+/** The state's pill, prompt and controls (the pill only while connected: app.js says when not). */
+export function showState(state, connected = true) {
   els.now.textContent = state.prompt ?? "";
   els.now.title = state.prompt ?? "";
   if (document.activeElement !== els.seed) els.seed.value = String(state.seed ?? 0);
   els.pause.textContent = state.paused ? "Resume" : "Pause";
   els.pause.setAttribute("aria-pressed", state.paused ? "true" : "false");
+  if (!connected) return;
   if (state.failed) setStatus("failed", "generator stopped");
   else setStatus(state.paused ? "paused" : "live");
 }
 
-export function showStats(stats) {
-  els.fps.textContent = stats.fps.toFixed(1);
+/**
+ * Generated fps (frames the engine made per second) and delivered fps (new frames each viewer is
+ * sent per second, repeats not counted), and a stall when either falls short: generation below
+ * the stream's fps, or the slowest viewer below what was generated.
+ */
+export function showStats(stats, streamFps) {
+  els.generated.textContent = rate(stats.generated_fps);
+  els.delivered.textContent = rate(stats.delivered_fps);
+  els.rates.title =
+    `generated: frames made per second (the stream runs at ${streamFps ?? "?"} fps; generation speed ` +
+    `${rate(stats.gen_fps)} fps of compute)\ndelivered: new frames sent per second to the median viewer ` +
+    `(slowest: ${rate(stats.delivered_fps_min)}); a frozen picture counts 0 however often it is resent\n` +
+    `played: ${rate(stats.fps)} fps; measured over ${(stats.rate_window_s ?? 0).toFixed(1)} s`;
   els.block.textContent = `${Math.round(stats.block_ms)} ms`;
   els.viewers.textContent = String(stats.viewers);
+
+  let stall = null;
+  const measured = !stats.paused && stats.generated_fps != null && (stats.rate_window_s ?? 0) >= STALL_WINDOW_S;
+  if (measured && streamFps && stats.generated_fps < STALL_RATIO * streamFps) {
+    stall = `stall: generating ${rate(stats.generated_fps)} of ${streamFps} fps`;
+  } else if (measured && stats.delivered_fps_min != null && stats.generated_fps > 0
+             && stats.delivered_fps_min < STALL_RATIO * stats.generated_fps) {
+    stall = `stall: a viewer gets ${rate(stats.delivered_fps_min)} of ${rate(stats.generated_fps)} fps`;
+  }
+  els.stall.hidden = !stall;
+  els.stall.textContent = stall ?? "";
+  els.rates.dataset.stall = stall ? "true" : "false";
 }
 
 export function showLatency(ms) {
   els.latency.textContent = ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
 }
 
-function appliedItem(p) {
+/** Under the prompt box: how long the text is against the server's limit, once that matters. */
+export function showPromptLength(chars, limit) {
+  const over = chars > limit;
+  els.hint.dataset.over = over ? "true" : "false";
+  els.prompt.setAttribute("aria-invalid", over ? "true" : "false");
+  if (over) els.hint.textContent = `${count(chars)} / ${count(limit)} characters: too long to send`;
+  else if (chars > 0.8 * limit) els.hint.textContent = `${count(chars)} / ${count(limit)} characters`;
+  else els.hint.textContent = HINT;
+}
+
+// -- the list of prompts: the server's history, plus this page's prompts on their way -----------------
+function entry(text, metaText, className = "") {
   const li = document.createElement("li");
-  const text = document.createElement("span");
-  text.className = "text";
-  text.textContent = p.text;
+  if (className) li.className = className;
+  const span = document.createElement("span");
+  span.className = "text";
+  span.textContent = text;
   const meta = document.createElement("span");
   meta.className = "meta";
-  meta.textContent = `${clock(p.time)} · block ${p.block} · ${Math.round(p.latency_ms)} ms`;
-  li.append(text, meta);
-  li.dataset.block = String(p.block);
+  meta.textContent = metaText;
+  li.append(span, meta);
   return li;
+}
+
+function appliedItem(p) {
+  const li = entry(p.text, `${clock(p.time)} · block ${p.block} · ${Math.round(p.latency_ms)} ms`, "applied");
+  li.dataset.block = String(p.block);
+  if (p.id != null) li.dataset.id = String(p.id);
+  return li;
+}
+
+/** This page's prompt with request id `id`, while it is on its way (or what became of it). */
+function ownEntry(id) {
+  if (id == null) return null;
+  for (const li of els.applied.querySelectorAll("li[data-own]")) {
+    if (li.dataset.id === String(id)) return li;
+  }
+  return null;
+}
+
+function settle(li, className, metaText) {
+  li.classList.remove("pending");
+  li.classList.add(className);
+  li.querySelector(".meta").textContent = metaText;
+}
+
+function trim() {
+  while (els.applied.children.length > 50) els.applied.lastElementChild.remove();
 }
 
 /** Replace the list with the server's history (oldest first in `prompts`). */
@@ -82,22 +151,48 @@ export function showHistory(prompts) {
   els.applied.replaceChildren(...prompts.slice().reverse().map(appliedItem));
 }
 
-export function addApplied(p) {
-  els.applied.querySelector("li.pending")?.remove();
-  els.applied.prepend(appliedItem(p));
-  while (els.applied.children.length > 50) els.applied.lastElementChild.remove();
+/** A prompt was sent (request `id`): listed at once as on its way. */
+export function showPending(id, text) {
+  const li = entry(text, "sending…", "pending");
+  li.dataset.id = String(id);
+  li.dataset.own = "true";
+  els.applied.prepend(li);
+  trim();
 }
 
-export function showPending(text) {
-  els.applied.querySelector("li.pending")?.remove();
-  const li = document.createElement("li");
-  li.className = "pending";
-  const span = document.createElement("span");
-  span.className = "text";
-  span.textContent = text;
-  const meta = document.createElement("span");
-  meta.className = "meta";
-  meta.textContent = "queued for the next block…";
-  li.append(span, meta);
-  els.applied.prepend(li);
+/** The server queued it for the next block. */
+export function markQueued(id) {
+  const li = ownEntry(id);
+  if (li?.classList.contains("pending")) li.querySelector(".meta").textContent = "queued for the next block…";
+}
+
+/** The server refused it: the entry says why. */
+export function markRejected(id, message) {
+  const li = ownEntry(id);
+  if (!li) return false;
+  settle(li, "rejected", `not applied: ${message}`);
+  return true;
+}
+
+/** A prompt was applied (ours or anybody's); the ones it replaced before any block say so. */
+export function addApplied(p) {
+  for (const id of p.superseded ?? []) {
+    const li = ownEntry(id);
+    if (li?.classList.contains("pending")) {
+      settle(li, "superseded", "superseded: a newer prompt replaced it before it reached the screen");
+    }
+  }
+  const item = appliedItem(p);
+  const own = ownEntry(p.id);
+  if (own) {
+    own.remove();
+    item.dataset.own = "true";
+  }
+  els.applied.prepend(item);
+  trim();
+}
+
+/** The connection dropped: what was still on its way may never be applied. */
+export function markUnsent(message) {
+  for (const li of els.applied.querySelectorAll("li.pending")) settle(li, "rejected", message);
 }

@@ -46,13 +46,16 @@ SOCKETS = web.AppKey("sockets", set)
 STATIC_ROOT = web.AppKey("static_root", Path)
 
 
-def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR) -> web.Application:
+def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
+               host: str | None = "127.0.0.1") -> web.Application:
+    """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
+    offers ICE candidates on that address only (every address for "0.0.0.0" or "::")."""
     pipe = engine.pipe
     width, height = pipe.size
     info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
                       width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
     hub = ControlHub(engine, info)
-    sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel)
+    sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host)
     hub.viewers = sessions
 
     app = web.Application(client_max_size=256 * 1024)
@@ -185,6 +188,8 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
         body = await request.json()
     except (ValueError, UnicodeDecodeError):
         raise _bad_request("the body is not valid JSON") from None
+    except RecursionError:    # json.loads gives up on deep nesting that fits the size limit
+        raise _bad_request("the body is nested too deeply; a request is a flat JSON object") from None
     if not isinstance(body, dict):
         raise _bad_request("the body must be a JSON object")
     return body

@@ -3,9 +3,11 @@
 The `ControlHub` is where every control message lands, whatever carried it: it decodes and
 validates it (`protocol.read_command`), answers anything invalid with an `error` event
 (nothing else happens, the stream goes on), hands valid commands to the engine and acks
-them, and fans the engine's events plus a `stats` event about once a second out to every
-connected client. Each client is an `Endpoint` whose `send` never blocks: a client that
-cannot keep up loses messages, it never slows the others.
+them once the engine has queued them (a command the engine refuses, because it is
+restarting, stopped or has a full queue, is answered with an `error` carrying the
+command's id instead, never an ack), and fans the engine's events plus a `stats` event
+about once a second out to every connected client. Each client is an `Endpoint` whose
+`send` never blocks: a client that cannot keep up loses messages, it never slows the others.
 
 Replies use the format of the client's latest message (msgpack after a binary message,
 JSON after a text one); before the first message, a client gets msgpack unless it asked
@@ -15,7 +17,9 @@ for JSON (WebSocket `?format=json`, data channel protocol "json").
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -23,13 +27,14 @@ from typing import Any, Callable, Protocol
 from aiohttp import web
 from aiortc import RTCDataChannel
 
-from .engine import Engine
+from .engine import CommandRefused, Engine
 from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, Command, ErrorEvent, Event, Hello,
                        ProtocolError, StateEvent, Stats, StatusCommand, encode, read_command)
 
 log = logging.getLogger(__name__)
 
 WS_QUEUE = 256                    # messages waiting for one slow WebSocket client
+RATE_WINDOW_S = 5.0               # generated and delivered fps are measured over about this long
 DC_MAX_BUFFERED = 1 << 20         # bytes waiting in one data channel before messages are dropped
 
 
@@ -49,6 +54,8 @@ class ViewerSource(Protocol):
     def count(self) -> int: ...
 
     def skipped(self) -> int: ...
+
+    def delivered(self) -> dict[str, int]: ...     # per viewer: distinct new frames sent so far
 
 
 class Endpoint:
@@ -206,7 +213,11 @@ class ControlHub:
         if isinstance(command, StatusCommand):
             reply(StateEvent(id=command.id, state=self.state()))
             return
-        self.engine.submit(command)
+        try:
+            self.engine.submit(command)
+        except CommandRefused as e:
+            reply(ErrorEvent(id=command.id, message=str(e)))
+            return
         reply(Ack(id=command.id, command=command.TYPE))
 
     def broadcast(self, event: Event) -> None:
@@ -230,7 +241,10 @@ class ControlHub:
             "seed": s.seed,
             "paused": s.paused,
             "running": s.running,
+            "engine": s.status,
             "failed": s.failed,
+            "restarts": s.restarts,
+            "pending_prompt": s.pending_prompt,
             "block": t.block,
             "frame": self.engine.bus.playhead(),
             "lead_blocks": self.engine.lead_blocks,
@@ -244,16 +258,104 @@ class ControlHub:
     async def _stats_loop(self) -> None:
         bus = self.engine.bus
         prev_t, prev_seq = time.monotonic(), bus.playhead()
-        while True:
-            await asyncio.sleep(self.stats_interval)
-            now, seq = time.monotonic(), bus.playhead()
-            fps = (seq - prev_seq) / (now - prev_t) if prev_seq >= 0 and now > prev_t else 0.0
-            prev_t, prev_seq = now, seq
-            t = self.engine.timing()
-            self._last_stats = Stats(
-                fps=round(fps, 2), gen_fps=round(t.gen_fps, 1), block_ms=round(t.block_ms, 1),
-                dit_ms=round(t.dit_ms, 1), decode_ms=round(t.decode_ms, 1),
-                viewers=self.viewers.count if self.viewers else 0, controllers=self.count,
-                block=t.block, frame=seq, buffered=int(bus.ahead()),
-                skipped=self.viewers.skipped() if self.viewers else 0, paused=bus.paused)
-            self.broadcast(self._last_stats)
+        rates = FrameRates(RATE_WINDOW_S)
+        rates.add(prev_t, bus.next_seq, self.viewers.delivered() if self.viewers else {})
+        # after a pause, resume, seed or engine restart (each announced with a `state` event) the rates
+        # are measured from then on, not across it; a pause and resume within one interval included.
+        # Other state events (a prompt applied) leave the window alone.
+        state_changed = asyncio.Event()
+        s = self.engine.state()
+        stream = [(s.seed, s.paused, getattr(s, "status", None), getattr(s, "restarts", None))]
+
+        def on_event(event: Event) -> None:
+            if isinstance(event, StateEvent):
+                now = tuple(event.state.get(k, old) for k, old in zip(("seed", "paused", "engine", "restarts"),
+                                                                      stream[0]))
+                if now != stream[0]:
+                    stream[0] = now
+                    state_changed.set()
+
+        unsubscribe = self.engine.subscribe(on_event, asyncio.get_running_loop())
+        paused = bus.paused
+        try:
+            while True:
+                await asyncio.sleep(self.stats_interval)
+                now, seq = time.monotonic(), bus.playhead()
+                fps = (seq - prev_seq) / (now - prev_t) if prev_seq >= 0 and now > prev_t else 0.0
+                prev_t, prev_seq = now, seq
+                if state_changed.is_set() or bus.paused != paused:
+                    state_changed.clear()
+                    paused = bus.paused
+                    rates.reset()
+                rates.add(now, bus.next_seq, self.viewers.delivered() if self.viewers else {})
+                self._publish_stats(rates, fps, seq)
+        finally:
+            unsubscribe()
+
+    def _publish_stats(self, rates: FrameRates, fps: float, seq: int) -> None:
+        bus = self.engine.bus
+        t = self.engine.timing()
+        delivered = rates.delivered_fps()
+        self._last_stats = Stats(
+            fps=round(fps, 2), gen_fps=round(t.gen_fps, 1), block_ms=round(t.block_ms, 1),
+            dit_ms=round(t.dit_ms, 1), decode_ms=round(t.decode_ms, 1),
+            generated_fps=_round(rates.generated_fps()),
+            delivered_fps=_round(statistics.median(delivered) if delivered else None),
+            delivered_fps_min=_round(min(delivered) if delivered else None),
+            rate_window_s=round(rates.span(), 2),
+            viewers=self.viewers.count if self.viewers else 0, controllers=self.count,
+            block=t.block, frame=seq, buffered=int(bus.ahead()),
+            skipped=self.viewers.skipped() if self.viewers else 0, paused=bus.paused)
+        self.broadcast(self._last_stats)
+
+
+class FrameRates:
+    """Generated and delivered frame rates over a sliding window of samples (for `Stats`).
+
+    Each sample is (time, frames published to the bus so far, {viewer: distinct frames
+    delivered so far}). The window reaches back to the newest sample at least `window_s`
+    old, so a rate covers whole blocks more often than not: blocks arrive 12 frames at a
+    time, and over one second the count would jump between 12 and 24 at 16 fps.
+    """
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._samples: collections.deque[tuple[float, int, dict[str, int]]] = collections.deque()
+
+    def reset(self) -> None:
+        self._samples.clear()
+
+    def add(self, t: float, generated: int, delivered: dict[str, int]) -> None:
+        self._samples.append((t, generated, dict(delivered)))
+        while len(self._samples) > 2 and t - self._samples[1][0] >= self.window_s:
+            self._samples.popleft()
+
+    def span(self) -> float:
+        """Seconds the rates cover (0 until there are two samples)."""
+        return self._samples[-1][0] - self._samples[0][0] if len(self._samples) > 1 else 0.0
+
+    def generated_fps(self) -> float | None:
+        """Frames the engine published per second of wall time, from the first sample in the
+        window after the first frame ever (the time before the stream started is not counted);
+        None until measurable."""
+        if not self._samples:
+            return None
+        t1, g1, _ = self._samples[-1]
+        t0, g0 = next(((t, g) for t, g, _ in self._samples if g > 0), (t1, g1))
+        return (g1 - g0) / (t1 - t0) if t1 > t0 else None
+
+    def delivered_fps(self) -> list[float]:
+        """Per viewer now watching: distinct new frames sent per second, from the first sample in
+        the window at which it had been sent a frame (connecting, and a viewer that got its first
+        frame since the last sample, are left out)."""
+        t1, _, now = self._samples[-1] if self._samples else (0.0, 0, {})
+        out = []
+        for viewer, count in now.items():
+            first = next(((t, d[viewer]) for t, _, d in self._samples if d.get(viewer, 0) > 0), None)
+            if first is not None and t1 > first[0]:
+                out.append((count - first[1]) / (t1 - first[0]))
+        return out
+
+
+def _round(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(value, digits)

@@ -258,7 +258,8 @@ class PromptApplied(Event):
     latency_ms: float           # command received -> first block under the prompt generated
     plays_in_ms: float          # then -> that block's first frame reaches playback
     time: float                 # server wall clock (Unix seconds) when applied
-    superseded: list[RequestIdValue] = field(default_factory=list)  # ids replaced before any block
+    superseded: list[RequestIdValue] = field(default_factory=list)  # ids replaced before any block (newest 32)
+    encode_ms: float = 0.0      # of latency_ms: encoding the text (beside generation; 0 when cached)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,12 +271,20 @@ class StateEvent(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Stats(Event):
+    """About once a second. Three rates tell a stall apart: `generated_fps` below the stream's
+    fps means generation cannot keep up; `delivered_fps_min` below `generated_fps` means a
+    viewer is not getting the frames that were made (repeats are not counted)."""
+
     TYPE = "stats"
-    fps: float                  # frames played per second over the last interval
-    gen_fps: float              # frames the generator makes per second of compute (last block)
+    fps: float                  # playhead advance: frames played per second over the last interval
+    gen_fps: float              # generation speed: frames per second of compute (last block)
     block_ms: float             # last block: DiT + decode
     dit_ms: float
     decode_ms: float
+    generated_fps: float | None      # frames the engine published per second of wall time (rate window)
+    delivered_fps: float | None      # distinct new frames sent per second per viewer: the median viewer
+    delivered_fps_min: float | None  # ... and the slowest viewer (None: no viewer for the whole window)
+    rate_window_s: float        # seconds generated_fps and delivered_fps cover (up to about 5)
     viewers: int
     controllers: int
     block: int

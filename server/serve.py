@@ -31,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
 
-        app = create_app(engine)
+        app = create_app(engine, host=sock.getsockname()[0])   # media offered where HTTP listens
     except BaseException:
         sock.close()
         raise

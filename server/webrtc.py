@@ -4,7 +4,22 @@ The browser offers a receive-only video transceiver and a data channel labelled
 "control"; the answer sends it a `BusVideoTrack` (its own reader of the shared frame bus)
 and the control channel is handed to the control hub. Gathering is not trickled: the
 answer carries all of the server's candidates. No STUN or TURN server is used (the server
-is meant for the same machine or a LAN), so nothing leaves the machine.
+is meant for the same machine or a LAN).
+
+Media stays where the server was told to listen. The `SessionManager` knows the address
+the HTTP socket is bound to and offers ICE host candidates on that address only
+(`ice_host_addresses`): bound to 127.0.0.1 (the default) the answer carries 127.0.0.1
+candidates and nothing else, bound to 192.168.1.5 it carries 192.168.1.5, bound to
+0.0.0.0 or :: it carries every address of the machine (aioice's own choice, which leaves
+127.0.0.1 out). aioice has no setting for this, so `gathering_on` scopes its host-address
+lookup (`aioice.ice.get_host_addresses`) with a context variable: only gathering started
+inside that block (one `setLocalDescription`) sees the restricted list; every other peer
+connection in the process gathers as before. A loopback-bound server also leaves out the
+offer's candidates it could not reach from loopback (other addresses, mDNS `.local`
+names, which would otherwise be resolved with multicast queries on the LAN); a browser on
+the same machine still connects: its checks reach 127.0.0.1 and are answered where they
+came from (a peer-reflexive candidate), which for Chromium's any-address sockets is
+127.0.0.1 too.
 
 A session ends with `DELETE /api/sessions/{id}`, when its connection fails or closes, or
 when the server shuts down; ending it closes the peer connection, which stops the track
@@ -14,12 +29,16 @@ and every task aiortc started for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
+import ipaddress
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
+import aioice.ice
 from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 
 from streaming.errors import UserError
@@ -36,6 +55,71 @@ class OfferError(UserError, ValueError):
     """An offer we cannot answer; the message is one sentence for the client."""
 
 
+# -- where ICE gathers ------------------------------------------------------------------------------
+def ice_host_addresses(bind_host: str | None) -> tuple[str, ...] | None:
+    """The addresses a server bound to `bind_host` offers as ICE host candidates.
+
+    None means every address of the machine (an all-interfaces bind: "", "0.0.0.0", "::");
+    a specific address (127.0.0.1, 192.168.1.5, ::1) gives just that address. Host names
+    are not resolved here: pass the address the socket is bound to (`getsockname()[0]`).
+    """
+    if bind_host is None or bind_host == "":
+        return None
+    try:
+        address = ipaddress.ip_address(bind_host)
+    except ValueError:
+        raise ValueError(f"ICE needs the numeric address the server is bound to, not {bind_host!r}") from None
+    if address.is_unspecified:
+        return None
+    return (str(address),)
+
+
+_GATHER_ON: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("longlive_ice_host_addresses",
+                                                                                   default=None)
+_aioice_host_addresses = aioice.ice.get_host_addresses
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """aioice's host-address lookup, restricted to `gathering_on`'s addresses inside that block."""
+    chosen = _GATHER_ON.get()
+    if chosen is None:
+        return _aioice_host_addresses(use_ipv4, use_ipv6)
+    return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
+
+
+@contextlib.contextmanager
+def gathering_on(addresses: Iterable[str] | None) -> Iterator[None]:
+    """ICE gathering started inside this block (`await pc.setLocalDescription(...)`) offers
+    host candidates on `addresses` only; None leaves aioice's choice (every address but
+    127.0.0.1). The restriction follows the context (the tasks aiortc starts for the
+    gathering inherit it), so other peer connections in the process are not affected."""
+    aioice.ice.get_host_addresses = _host_addresses      # idempotent; defers to aioice outside the block
+    token = _GATHER_ON.set(None if addresses is None else tuple(addresses))
+    try:
+        yield
+    finally:
+        _GATHER_ON.reset(token)
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:     # a name (mDNS .local), not an address
+        return False
+
+
+def reachable_candidates(sdp: str, addresses: tuple[str, ...] | None) -> str:
+    """The offer without the candidates a server gathering on `addresses` cannot reach:
+    when it offers loopback only, every remote candidate that is not a loopback address."""
+    if addresses is None or not all(_is_loopback(a) for a in addresses):
+        return sdp
+
+    def unreachable(line: str) -> bool:      # a=candidate:foundation component transport priority ADDRESS port ...
+        parts = line.split()
+        return line.startswith("a=candidate:") and (len(parts) < 5 or not _is_loopback(parts[4]))
+    return "".join(line for line in sdp.splitlines(keepends=True) if not unreachable(line))
+
+
 @dataclass
 class Session:
     id: str
@@ -47,10 +131,14 @@ class Session:
 
 class SessionManager:
     def __init__(self, bus: FrameBus, size: tuple[int, int],
-                 on_control_channel: Callable[[RTCDataChannel], object] | None = None):
+                 on_control_channel: Callable[[RTCDataChannel], object] | None = None, *,
+                 host: str | None = "127.0.0.1"):
+        """`host`: the address the server is bound to; ICE offers candidates there only
+        (`ice_host_addresses`; None or "0.0.0.0" for every address)."""
         self.bus = bus
         self.size = size
         self.on_control_channel = on_control_channel
+        self.addresses = ice_host_addresses(host)
         self._sessions: dict[str, Session] = {}
 
     @property
@@ -59,6 +147,10 @@ class SessionManager:
 
     def skipped(self) -> int:
         return sum(s.track.skipped for s in self._sessions.values())
+
+    def delivered(self) -> dict[str, int]:
+        """Per session: distinct new frames its track has handed to its encoder so far."""
+        return {sid: s.track.delivered for sid, s in self._sessions.items()}
 
     def __iter__(self):
         return iter(list(self._sessions.values()))
@@ -76,7 +168,7 @@ class SessionManager:
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
             if channel.label != CONTROL_LABEL:
-                log.info("session %s: ignoring data channel %r", session.id, channel.label)
+                log.debug("session %s: ignoring data channel %r", session.id, channel.label)
                 return
             session.channel = channel
             if self.on_control_channel is not None:
@@ -84,23 +176,25 @@ class SessionManager:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            log.info("session %s: connection %s", session.id, pc.connectionState)
+            log.debug("session %s: connection %s", session.id, pc.connectionState)
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=reachable_candidates(sdp, self.addresses),
+                                                                type="offer"))
             if not any(t.kind == "video" for t in pc.getTransceivers()):
                 raise OfferError("the offer has no video section (add a receive-only video transceiver)")
             pc.addTrack(session.track)
-            await pc.setLocalDescription(await pc.createAnswer())
+            with gathering_on(self.addresses):
+                await pc.setLocalDescription(await pc.createAnswer())
         except OfferError:
             await self.close(session.id)
             raise
         except Exception as e:  # aiortc raises ValueError, KeyError, ... for offers it cannot use
             await self.close(session.id)
             raise OfferError(f"cannot answer this offer: {e or type(e).__name__}") from None
-        log.info("session %s: answered (%d viewers)", session.id, self.count)
+        log.info("session %s opened (%d viewers)", session.id, self.count)
         return session, pc.localDescription
 
     async def close(self, session_id: str) -> bool:
@@ -110,7 +204,9 @@ class SessionManager:
             return False
         session.track.stop()
         await session.pc.close()
-        log.info("session %s: closed (%d viewers)", session_id, self.count)
+        t = session.track
+        log.info("session %s closed after %.0f s: %d frames delivered, %d skipped, %d repeated (%d viewers)",
+                 session_id, time.time() - session.created, t.delivered, t.skipped, t.repeated, self.count)
         return True
 
     async def close_all(self) -> None:

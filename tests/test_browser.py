@@ -1,4 +1,11 @@
-"""The browser client in headless Debian Chromium (playwright), against `longlive serve`."""
+"""The browser client in headless Debian Chromium (playwright), against `longlive serve`.
+
+Traffic stays on 127.0.0.0/8: the server listens on 127.0.0.1 and so offers only 127.0.0.1
+candidates and ignores the page's candidates on other addresses; Chromium reaches it from
+its any-address sockets, so both ends of the media are 127.0.0.1 (checked in the page's own
+`getStats`). mDNS host-candidate names are off (`WebRtcHideLocalIpsWithMdns`), so Chromium
+runs no mDNS responder, which would announce its names by multicast on the LAN.
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,41 @@ from test_webrtc import REPO, start_server, stop_server
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
+         "--disable-component-update", "--disable-sync", "--disable-features=WebRtcHideLocalIpsWithMdns"]
 OUTPUT = REPO / "test-output" / "browser"
+
+# keeps the page's peer connections where the test can ask them for their stats (the page does not export them)
+KEEP_PEER_CONNECTIONS = """
+(() => {
+  const Native = window.RTCPeerConnection;
+  window.__pcs = [];
+  window.RTCPeerConnection = function (...args) { const pc = new Native(...args); window.__pcs.push(pc); return pc; };
+  window.RTCPeerConnection.prototype = Native.prototype;
+})();
+"""
+
+# the nominated candidate pair of the page's newest peer connection: [local address, remote address]
+SELECTED_PAIR = """async () => {
+  const stats = await window.__pcs.at(-1).getStats();
+  const byId = new Map([...stats.values()].map((s) => [s.id, s]));
+  const pair = [...stats.values()].find((s) => s.type === "candidate-pair" && s.nominated && s.state === "succeeded");
+  return pair ? [byId.get(pair.localCandidateId).address, byId.get(pair.remoteCandidateId).address] : null;
+}"""
+
+STATUS = "document.getElementById('status').textContent"
+
+
+async def launch(p):
+    return await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+
+
+async def open_page(browser, url: str, errors: list[str]):
+    page = await browser.new_page(viewport={"width": 1280, "height": 760})
+    page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
+    page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
+    await page.add_init_script(KEEP_PEER_CONNECTIONS)
+    await page.goto(url + "/")
+    return page
 
 pytestmark = pytest.mark.browser
 
@@ -40,47 +80,50 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
     async def main() -> None:
         errors: list[str] = []
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            browser = await launch(p)
             try:
-                page = await browser.new_page(viewport={"width": 1280, "height": 760})
-                page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-                page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
-                await page.goto(server + "/")
+                page = await open_page(browser, server, errors)
 
-                # the page plays video
+                # the page plays video, over 127.0.0.1 at both ends
                 await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
                 size = await page.evaluate("(v => [v.videoWidth, v.videoHeight])(document.getElementById('video'))")
                 assert size == [320, 192]
+                assert await page.evaluate(SELECTED_PAIR) == ["127.0.0.1", "127.0.0.1"]
                 frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
                 n0, t0 = await page.evaluate(frames), time.monotonic()
-                await asyncio.sleep(2)
-                n1, t1 = await page.evaluate(frames), time.monotonic()
-                assert n1 > n0
-                print(f"\nthe page decoded {(n1 - n0) / (t1 - t0):.1f} fps")
+                await page.wait_for_function(f"{frames} > {n0}", timeout=20_000)
 
                 # the notice about the tiny default, and the state from hello
                 assert await page.is_visible("#notice")
                 assert "tiny embedded default" in await page.inner_text("#notice")
-                await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+                await page.wait_for_function(f"{STATUS} === 'live'")
+
+                # generated and delivered fps, from the server's stats
+                await page.wait_for_function("!isNaN(parseFloat(document.getElementById('stat-generated').textContent))"
+                                             " && !isNaN(parseFloat(document.getElementById('stat-delivered')"
+                                             ".textContent))", timeout=20_000)
 
                 # typing a prompt and Enter: it appears in the applied list once applied
                 text = "a paper boat on a neon river"
                 await page.fill("#prompt", text)
                 await page.press("#prompt", "Enter")
-                item = page.locator("#applied li:not(.pending)", has_text=text)
-                await item.wait_for(timeout=15_000)
+                item = page.locator("#applied li.applied", has_text=text)
+                await item.wait_for(timeout=30_000)
                 meta = await item.locator(".meta").inner_text()
                 assert "block" in meta and "ms" in meta
                 await page.wait_for_function("document.getElementById('stat-latency').textContent !== '–'")
 
                 # pause and resume reach the server and come back as state
                 await page.click("#pause")
-                await page.wait_for_function("document.getElementById('status').textContent === 'paused'")
+                await page.wait_for_function(f"{STATUS} === 'paused'")
                 await page.click("#pause")
-                await page.wait_for_function("document.getElementById('status').textContent === 'live'")
+                await page.wait_for_function(f"{STATUS} === 'live'")
                 assert await page.evaluate("document.getElementById('stat-viewers').textContent") == "1"
 
-                await asyncio.sleep(2.5)   # frames under the new prompt, and a full second of stats after the pause
+                n1, t1 = await page.evaluate(frames), time.monotonic()
+                print(f"\nthe page decoded {(n1 - n0) / (t1 - t0):.1f} fps over {t1 - t0:.1f} s; stats: "
+                      f"{(await page.inner_text('#stats')).replace(chr(10), ' ')}")
+                await asyncio.sleep(1.5)   # frames under the new prompt, and a second of stats after the pause
                 OUTPUT.mkdir(parents=True, exist_ok=True)
                 shot = tmp_path / "page.png"
                 await page.screenshot(path=str(shot))
@@ -91,3 +134,102 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
         assert not errors, errors
 
     asyncio.run(main())
+
+
+def test_page_says_what_became_of_every_prompt(server):
+    """Empty, too long, refused by the server, superseded: each one is visible in the page."""
+    from playwright.async_api import async_playwright
+
+    async def main() -> None:
+        errors: list[str] = []
+        async with async_playwright() as p:
+            browser = await launch(p)
+            try:
+                page = await open_page(browser, server, errors)
+                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                await page.wait_for_function("!document.getElementById('send').disabled")
+                listed = "document.querySelectorAll('#applied li').length"
+                limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["prompt_chars"]
+
+                # an empty prompt: a visible message, nothing sent
+                before = await page.evaluate(listed)
+                await page.fill("#prompt", "   ")
+                await page.press("#prompt", "Enter")
+                await page.wait_for_selector("#error:not([hidden])", timeout=2_000)
+                assert "empty" in await page.inner_text("#error")
+                assert await page.evaluate(listed) == before
+
+                # 20,000 characters pasted: kept whole (not cut to the limit), flagged, refused before sending
+                long_text = ("a slow pan across a flooded cathedral " * 600)[:20_000]
+                await page.fill("#prompt", long_text)
+                assert await page.evaluate("document.getElementById('prompt').value.length") == 20_000
+                hint = await page.inner_text("#prompt-hint")
+                assert "20,000" in hint and f"{limit:,}" in hint and "too long" in hint, hint
+                await page.press("#prompt", "Enter")
+                await page.wait_for_function("document.getElementById('error').textContent.includes('20,000')",
+                                             timeout=2_000)
+                assert await page.is_visible("#error")
+                assert await page.evaluate(listed) == before
+
+                # a prompt the page lets through and the server refuses: its entry turns into the error.
+                # (JavaScript's trim() keeps U+001F, Python's strip() removes it, so to the server it is empty.)
+                await page.fill("#prompt", "\x1f")
+                await page.press("#prompt", "Enter")
+                rejected = page.locator("#applied li.rejected")
+                await rejected.wait_for(timeout=15_000)
+                assert "empty" in await rejected.locator(".meta").inner_text()
+                assert await page.locator("#applied li.pending").count() == 0
+
+                # a burst of prompts within one block: the last is applied, the ones it replaced say so
+                burst = [f"burst prompt {i}" for i in range(5)]
+                await page.evaluate("""(texts) => {
+                    const box = document.getElementById('prompt'), form = document.getElementById('prompt-form');
+                    for (const t of texts) { box.value = t; form.requestSubmit(); }
+                }""", burst)
+                await page.locator("#applied li.applied", has_text=burst[-1]).wait_for(timeout=30_000)
+                await page.wait_for_function("document.querySelectorAll('#applied li.pending').length === 0",
+                                             timeout=30_000)
+                superseded = await page.locator("#applied li.superseded .text").all_inner_texts()
+                applied = await page.locator("#applied li.applied .text").all_inner_texts()
+                assert superseded, await page.inner_text("#applied")
+                assert set(superseded) <= set(burst[:-1])
+                assert all(t in superseded or t in applied for t in burst), await page.inner_text("#applied")
+                meta = await page.locator("#applied li.superseded .meta").first.inner_text()
+                assert "superseded" in meta
+            finally:
+                await browser.close()
+        assert not errors, errors
+
+    asyncio.run(main())
+
+
+def test_page_says_at_once_when_the_server_goes_away():
+    from playwright.async_api import async_playwright
+
+    proc, url = start_server("--prompt", "a server about to stop")
+
+    async def main() -> None:
+        errors: list[str] = []
+        async with async_playwright() as p:
+            browser = await launch(p)
+            try:
+                page = await open_page(browser, url, errors)
+                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                await asyncio.to_thread(stop_server, proc)       # SIGTERM: a clean stop
+                # before ICE would notice (several seconds), the page says the picture is not live
+                await page.wait_for_function(f"{STATUS} !== 'live'", timeout=3_000)
+                assert await page.inner_text("#status") == "disconnected"
+                assert await page.is_visible("#overlay")
+                assert "server" in await page.inner_text("#overlay")      # closed, or (2 s on) cannot be reached
+                assert await page.evaluate("document.getElementById('send').disabled")
+            finally:
+                await browser.close()
+        # the page keeps trying to reconnect to the stopped server: those failures are expected
+        assert not [e for e in errors if "Failed to load resource" not in e and "Cannot connect" not in e], errors
+
+    try:
+        asyncio.run(main())
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -17,10 +17,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.app import create_app
-from server.engine import Engine
+from server.control import ControlHub, ServerInfo
+from server.engine import HISTORY_CHARS, CommandRefused, Engine
 from server.protocol import (COMMANDS, EVENTS, MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, SEED_MAX, Ack, Command,
                              ErrorEvent, Hello, PauseCommand, PromptApplied, PromptCommand, ProtocolError,
                              ResumeCommand, SeedCommand, StatusCommand, decode, encode, read_command)
+from server.protocol import StateEvent
 from test_engine import FakePipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -171,8 +173,8 @@ def test_every_message_type_is_documented():
 
 # -- the running app (fake pipeline, real engine thread, real HTTP) ----------------------------------------
 @contextlib.asynccontextmanager
-async def running_app(**engine_kw: Any) -> AsyncIterator[TestClient]:
-    engine = Engine(FakePipeline(), prompt="start", seed=1, **engine_kw)
+async def running_app(pipe: FakePipeline | None = None, **engine_kw: Any) -> AsyncIterator[TestClient]:
+    engine = Engine(pipe or FakePipeline(), prompt="start", seed=1, **engine_kw)
     app = create_app(engine)
     async with TestClient(TestServer(app)) as client:
         yield client
@@ -282,6 +284,10 @@ def test_websocket_control_session():
             hello = await next_message(ws)
             assert hello["type"] == "hello" and hello["protocol"] == 1 and "_text" not in hello
             assert hello["state"]["prompt"] == "start" and hello["state"]["controllers"] == 1
+            for _ in range(200):                 # the first block is out (else the prompt may take block 0)
+                if (await (await client.get("/api/state")).json())["block"] >= 0:
+                    break
+                await asyncio.sleep(0.01)
 
             await ws.send_bytes(pack({"type": "prompt", "text": "over the socket", "id": 11}))
             assert await next_message(ws, ("ack", "error")) == {"type": "ack", "id": 11, "command": "prompt"}
@@ -380,3 +386,72 @@ def test_app_has_the_documented_routes():
     for route in [("POST", "/api/offer"), ("DELETE", "/api/sessions/{session}"), ("GET", "/api/control"),
                   ("GET", "/api/state"), ("POST", "/api/prompt"), ("GET", "/api/health")]:
         assert route in routes
+
+
+# -- the engine's refusals and the size of the state ------------------------------------------------------
+def hub_for(engine: Engine) -> ControlHub:
+    return ControlHub(engine, ServerInfo(config="fake", width=16, height=8, fps=16.0, embedded_default=True))
+
+
+def test_a_command_the_engine_refuses_is_an_error_with_its_id_never_an_ack():
+    """A full command queue, then a stopped engine: each refused command gets an `error` with
+    its id and no `ack`; the commands taken get their `ack`."""
+    engine = Engine(FakePipeline(), prompt="start", queue_size=2)
+    hub = hub_for(engine)
+    replies: list = []
+    for command in (SeedCommand(seed=1, id="a"), PromptCommand(text="b", id="b"), SeedCommand(seed=2, id="c")):
+        hub.dispatch(command, replies.append)
+    assert [(type(r).__name__, r.id) for r in replies] == [("Ack", "a"), ("Ack", "b"), ("ErrorEvent", "c")]
+    assert "2 commands waiting" in replies[-1].message
+    engine.stop()
+    replies.clear()
+    hub.dispatch(PauseCommand(id="d"), replies.append)
+    hub.dispatch(StatusCommand(id="e"), replies.append)      # status is the hub's: always answered
+    assert [(type(r).__name__, r.id) for r in replies] == [("ErrorEvent", "d"), ("StateEvent", "e")]
+    assert "stopped" in replies[0].message and replies[1].state["engine"] == "stopped"
+    with pytest.raises(CommandRefused):
+        engine.submit(PauseCommand())
+
+
+def test_a_stopped_engine_refuses_over_the_socket_and_says_why_in_the_state():
+    def always_fails(attempt: int) -> BaseException:
+        return RuntimeError("the GPU fell off the bus\ntraceback ...")
+
+    async def main():
+        async with running_app(FakePipeline(fps=1000, fail=always_fails), max_failures=2,
+                               sleep=lambda s: None) as client:
+            for _ in range(200):
+                state = await (await client.get("/api/state")).json()
+                if state["engine"] == "stopped":
+                    break
+                await asyncio.sleep(0.02)
+            assert state["engine"] == "stopped" and state["restarts"] == 1
+            assert state["failed"] == "RuntimeError: the GPU fell off the bus"
+            ws = await client.ws_connect("/api/control")
+            assert (await next_message(ws))["state"]["engine"] == "stopped"
+            await ws.send_bytes(pack({"type": "prompt", "text": "anyone?", "id": 5}))
+            reply = await next_message(ws, ("ack", "error"))
+            assert reply["type"] == "error" and reply["id"] == 5 and "the generator has stopped" in reply["message"]
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_state_messages_stay_small_whatever_the_prompts():
+    from test_framebus import FakeClock
+
+    pipe, clock = FakePipeline(), FakeClock()
+    engine = Engine(pipe, prompt="start", clock=clock)
+    engine.begin()
+    try:
+        for i in range(60):
+            engine.submit(PromptCommand(text=f"{i:02d}" + "y" * (MAX_PROMPT_CHARS - 2), id="i" * 128))
+            assert engine.encoder.wait_idle(10)
+            clock.advance(1)
+            while engine.step() == 0:
+                pass
+        state = hub_for(engine).state()
+        assert len(state["prompts"]) == HISTORY_CHARS // MAX_PROMPT_CHARS
+        assert len(encode(StateEvent(state=state), binary=False).encode()) < 32 * 1024
+    finally:
+        engine.stop()
