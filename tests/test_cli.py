@@ -108,12 +108,11 @@ def test_port_in_use_is_one_line_with_status_2():
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        t0 = time.monotonic()
         out = run_cli("serve", "--port", str(port))
     assert out.returncode == 2
     assert out.stderr.strip() == f"longlive: port {port} on 127.0.0.1 is already in use; pick another with --port"
     assert "Traceback" not in out.stdout + out.stderr
-    assert time.monotonic() - t0 < 60
+    assert "No weights given" not in out.stdout          # refused before the (slow) model load
 
 
 def test_missing_subcommand_is_a_usage_error():
