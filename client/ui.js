@@ -59,7 +59,8 @@ export function showState(state, connected = true) {
   els.pause.textContent = state.paused ? "Resume" : "Pause";
   els.pause.setAttribute("aria-pressed", state.paused ? "true" : "false");
   if (!connected) return;
-  if (state.failed) setStatus("failed", "generator stopped");
+  if (state.failed || state.engine === "stopped") setStatus("failed", "generator stopped");
+  else if (state.engine === "restarting") setStatus("restarting", "restarting after an error");
   else setStatus(state.paused ? "paused" : "live");
 }
 

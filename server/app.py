@@ -148,6 +148,8 @@ async def prompt(request: web.Request) -> web.Response:
         raise _bad_request(str(e)) from None
     replies: list[dict[str, Any]] = []
     request.app[HUB].dispatch(command, lambda event: replies.append(event.to_wire()))
+    if replies[0]["type"] == "error":     # refused: the engine is restarting, stopped or has a full queue
+        return web.json_response(replies[0], status=503, headers={"Retry-After": "1"})
     return web.json_response(replies[0], status=202)
 
 

@@ -204,7 +204,7 @@ class ControlHub:
         try:
             command = read_command(data)
         except ProtocolError as e:
-            log.info("rejected a control message: %s", e)
+            log.debug("rejected a control message: %s", e)   # the client hears it; a flood must not fill the log
             ep.send(ErrorEvent(id=e.id, message=str(e)))
             return
         self.dispatch(command, ep.send)

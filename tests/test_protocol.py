@@ -433,6 +433,10 @@ def test_a_stopped_engine_refuses_over_the_socket_and_says_why_in_the_state():
             reply = await next_message(ws, ("ack", "error"))
             assert reply["type"] == "error" and reply["id"] == 5 and "the generator has stopped" in reply["message"]
             await ws.close()
+            r = await client.post("/api/prompt", json={"text": "anyone?", "id": 6})
+            assert r.status == 503 and r.headers["Retry-After"] == "1"
+            body = await r.json()
+            assert body["type"] == "error" and body["id"] == 6 and "the generator has stopped" in body["message"]
 
     asyncio.run(main())
 
