@@ -44,15 +44,33 @@ class Subcommand:
 
 
 # -- argument types: each refusal is one sentence --------------------------------------------
+def _whole(text: str, what: str = "a whole number") -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def seed(text: str) -> int:
     from streaming.noise import SEED_MAX
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    value = _whole(text)
     if not 0 <= value <= SEED_MAX:
         raise argparse.ArgumentTypeError(f"{value} is out of range; a seed is between 0 and {SEED_MAX}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _whole(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def port(text: str) -> int:
+    value = _whole(text, "a port number")
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is out of range; a port is between 1 and 65535")
     return value
 
 
@@ -64,26 +82,6 @@ def seconds(text: str) -> float:
     if not 0 < value <= MAX_SECONDS:
         raise argparse.ArgumentTypeError(f"{text} is out of range; give more than 0 and at most {MAX_SECONDS} "
                                          "seconds (a day)")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
-
-
-def port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 < value < 65536:
-        raise argparse.ArgumentTypeError(f"{value} is out of range; a port is between 1 and 65535")
     return value
 
 
