@@ -90,6 +90,11 @@ class VAEConfig:
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     temporal_downsample: tuple[bool, ...] = (False, True, True)
+    # torch's intra-op CPU threads while a block is decoded (at most the machine's cores), then
+    # back to what they were (`runtime.threads`); 0: no change. CPU only. The decoder's
+    # full-resolution convolutions are large enough to split well over cores, unlike a toy
+    # DiT's small matrices, whose second thread mostly waits.
+    threads: int = 0
 
     @property
     def spatial_factor(self) -> int:
@@ -121,6 +126,52 @@ class RuntimeConfig:
     device: str = "auto"
     kernels: str = "auto"
     fp8: bool = False
+    # torch's intra-op CPU threads for this process (`torch.set_num_threads`), set when the
+    # pipeline is built; 0 leaves torch's default (one per core). At toy sizes one thread
+    # does the same work in less CPU time: a second one mostly waits at each op's barrier.
+    threads: int = 0
+
+
+@dataclass(frozen=True)
+class InitConfig:
+    """How the seeded random weights are drawn when no checkpoint is loaded (the embedded
+    default, `bench`); loaded weights never read this. Every default is PyTorch's own
+    initialisation, unchanged (so presets without an `init` section, the golden fixtures and
+    `longlive` are bit-identical); the tiny preset sets them so that the prompt, not the noise,
+    decides what the picture looks like.
+
+    Plain random weights leave the prompt almost no grip: the DiT's residual stream is
+    mostly the noisy latents, its cross-attention averages the prompt tokens into nearly the
+    same vector for every prompt, and the flow it predicts is too weak to outweigh the
+    sampler's fresh noise. The gains below multiply weights after the seeded draw (no extra
+    random numbers), so a config that leaves them at 1 gets exactly the old weights.
+    """
+
+    # tiny UMT5 text encoder: gain on every block's attention-output (`o`) and FFN-output
+    # (`fc2`) projections. Large: each token's embedding carries the whole prompt, so changing
+    # one word changes every row, not only its own.
+    text_mixing: float = 1.0
+    # DiT `text_embedding` (both linear layers): scales the prompt's values in cross-attention.
+    text_embedding_gain: float = 1.0
+    # DiT cross-attention output projection `o` (weight only): the prompt's pull on the
+    # residual stream relative to the latents, self-attention and FFN.
+    cross_attn_gain: float = 1.0
+    # DiT cross-attention q/k RMSNorm weights, one value per layer (empty: 1 for all). Above
+    # 1 a video token attends to fewer prompt tokens. Layer 0's queries come from the noisy
+    # latents (keep it soft: a sharp layer 0 makes the picture flicker with the noise); later
+    # layers' queries already carry the prompt, so sharpening them makes similar prompts
+    # ("a red fox", "a blue fox") pick different prompt tokens.
+    cross_attn_sharpness: tuple[float, ...] = ()
+    # DiT head projection (weight only): how strongly the predicted flow, hence the picture,
+    # outweighs the sampler's noise.
+    head_gain: float = 1.0
+    # Fraction of each head output pixel's weights taken from the first pixel of its patch
+    # (0: independent, 1: every patch is flat): smooth patches instead of a fixed tile pattern.
+    head_patch_share: float = 0.0
+
+    @property
+    def is_default(self) -> bool:
+        return self == InitConfig()
 
 
 @dataclass(frozen=True)
@@ -135,6 +186,7 @@ class Config:
     vae: VAEConfig = field(default_factory=VAEConfig)
     text: TextConfig = field(default_factory=TextConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     source: str = "<defaults>"
 
     # -- derived sizes -------------------------------------------------------
@@ -191,6 +243,7 @@ _SECTIONS = {
     "vae": VAEConfig,
     "text": TextConfig,
     "runtime": RuntimeConfig,
+    "init": InitConfig,
 }
 
 _CHOICES = {
@@ -297,9 +350,34 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{where}: text.dim ({t.dim}) must equal model.text_dim ({m.text_dim})")
     if t.dim_attn % t.num_heads:
         raise ConfigError(f"{where}: text.dim_attn ({t.dim_attn}) is not a multiple of text.num_heads ({t.num_heads})")
+    for key, value in (("runtime.threads", cfg.runtime.threads), ("vae.threads", cfg.vae.threads)):
+        if value < 0:
+            raise ConfigError(f"{where}: {key} must be 0 (no change) or a positive number of threads, not {value}")
+    init = cfg.init
+    gains = {"init.text_mixing": init.text_mixing, "init.text_embedding_gain": init.text_embedding_gain,
+             "init.cross_attn_gain": init.cross_attn_gain, "init.head_gain": init.head_gain}
+    gains.update({f"init.cross_attn_sharpness[{i}]": g for i, g in enumerate(init.cross_attn_sharpness)})
+    for key, value in gains.items():
+        if not 0 < value < float("inf"):
+            raise ConfigError(f"{where}: {key} must be a positive number, not {value}")
+    if init.cross_attn_sharpness and len(init.cross_attn_sharpness) != m.num_layers:
+        raise ConfigError(f"{where}: init.cross_attn_sharpness needs one value per DiT layer ({m.num_layers}), "
+                          f"not {len(init.cross_attn_sharpness)}")
+    if not 0 <= init.head_patch_share <= 1:
+        raise ConfigError(f"{where}: init.head_patch_share must be between 0 and 1, not {init.head_patch_share}")
     if t.kind == "byte" and t.vocab_size < 258:
         raise ConfigError(f"{where}: text.vocab_size must be at least 258 for the byte tokenizer "
                           f"(256 bytes + pad + EOS), not {t.vocab_size}")
+
+
+def apply_runtime(runtime: RuntimeConfig) -> None:
+    """The process-wide settings of a `runtime` section: torch's intra-op thread count
+    (`runtime.threads`; 0 leaves it alone). Called when a pipeline is built."""
+    if runtime.threads:
+        import torch
+
+        if torch.get_num_threads() != runtime.threads:
+            torch.set_num_threads(runtime.threads)
 
 
 def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Config:

@@ -19,7 +19,7 @@ import torch
 
 import kernels
 
-from .config import Config
+from .config import Config, apply_runtime
 from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
 from .weights import WeightFiles, build_dit, load_dit, locate
@@ -109,6 +109,7 @@ class VideoPipeline:
         dev = resolve_device(device or cfg.runtime.device)
         dtype = DTYPES[cfg.runtime.dtype]
         kernels.set_default_mode(cfg.runtime.kernels)
+        apply_runtime(cfg.runtime)       # process-wide: torch's CPU threads
         files = locate(weights) if weights is not None else None
         if files is None:
             dit = build_dit(cfg, dev, dtype)
@@ -128,6 +129,7 @@ class VideoPipeline:
         dev = resolve_device(str(device or cfg.runtime.device))
         dtype = DTYPES[cfg.runtime.dtype]
         kernels.set_default_mode(cfg.runtime.kernels)
+        apply_runtime(cfg.runtime)       # process-wide: torch's CPU threads
         dit = _maybe_fp8(build_dit(cfg, dev, dtype), cfg, dev)
         text = PromptEncoder.random(cfg, dev) if cfg.text.kind == "umt5" else make_text_encoder(cfg, None, dev)
         return cls(cfg, StreamingGenerator(dit, cfg), text, make_decoder(cfg, None, dev, dtype), embedded_default=True)

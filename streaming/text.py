@@ -207,11 +207,19 @@ def encoder_dtype(device: torch.device) -> torch.dtype:
 
 def build_tiny_encoder(cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                        weights_seed: int | None = None) -> UMT5Encoder:
-    """A UMT5 encoder with seeded random weights (drawn on the CPU, so identical on every device)."""
+    """A UMT5 encoder with seeded random weights (drawn on the CPU, so identical on every device).
+
+    `cfg.init.text_mixing` multiplies each block's attention-output and FFN-output projections
+    after the draw, so every token's embedding carries the whole prompt (1: plain init)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.weights_seed if weights_seed is None else weights_seed)
         with torch.device("cpu"):
             model = UMT5Encoder(cfg.text)
+    if cfg.init.text_mixing != 1.0:
+        with torch.no_grad():
+            for block in model.blocks:
+                block.attn.o.weight.mul_(cfg.init.text_mixing)
+                block.ffn.fc2.weight.mul_(cfg.init.text_mixing)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -37,7 +37,9 @@ Layout and kernels (the hot path)
 ---------------------------------
 Activations are contiguous ``[B, T, H, W, C]`` tensors (channels last, frames as batch):
 every spatial op is a 2D op over ``B*T`` images in channels-last memory, which oneDNN
-(CPU) and cuDNN (GPU, bf16) handle well, while 3D convs are slow on CPU.
+(CPU) and cuDNN (GPU, bf16) handle well, while 3D convs are slow on CPU. On the CPU,
+`vae.threads` (when set) is torch's intra-op thread count for the length of a decode call:
+these convolutions split well over cores even where a toy DiT's small ops do not.
 
 - causal 3x3x3 conv = one 2D conv producing all three time taps (3 * C_out channels),
   then two shifted adds and the carry;
@@ -56,6 +58,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,7 +118,9 @@ class RMSNorm(nn.Module):
     def pack(self) -> None:
         self._scale = (self.gamma.detach().reshape(-1) * math.sqrt(self.dim)).contiguous()
 
-    def forward(self, x: torch.Tensor, silu: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, silu: bool = False, inplace: bool = False) -> torch.Tensor:
+        """`inplace`: the caller no longer needs `x`, so the torch path may overwrite it
+        (one full-size temporary fewer; the fused kernel always writes a new tensor)."""
         if kernels.use_triton(x):   # fused norm (+ SiLU) kernel, reading channels-last in place
             return kernels.rms_norm_channels(x.movedim(-1, 1), self.gamma, silu).movedim(1, -1)
         c = x.shape[-1]
@@ -127,7 +132,7 @@ class RMSNorm(nn.Module):
             inv = ss.add_(NORM_EPS * NORM_EPS).rsqrt_().unsqueeze(-1)
         else:
             inv = torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min_(NORM_EPS).reciprocal_()
-        y = (x * inv).mul_(self._scale)
+        y = (x.mul_(inv) if inplace else x * inv).mul_(self._scale)
         return F.silu(y, inplace=True) if silu else y
 
 
@@ -189,13 +194,26 @@ class CausalConv3d(nn.Module):
         b, t, h, w, _ = x.shape
         co = self.out_dim
         y = self._products(x, None).view(b, t, h, w, CACHE_T + 1, co)
+        carry = state.caches[self.slot]
+        if t >= CACHE_T:
+            # W2 x[s] + W1 x[s-1] + W0 x[s-2] (+ bias, + the carry in the first two frames); the
+            # new carry holds the products of the last two frames that belong to the next two
+            out = torch.add(y[..., 2, :], self.bias)
+            out[:, 1:].add_(y[:, :t - 1, ..., 1, :])
+            out[:, 2:].add_(y[:, :t - 2, ..., 0, :])
+            if carry is not None:
+                out[:, :CACHE_T].add_(carry)
+            nxt = y.new_empty(b, CACHE_T, h, w, co)
+            torch.add(y[:, t - 1, ..., 1, :], y[:, t - 2, ..., 0, :], out=nxt[:, 0])
+            nxt[:, 1].copy_(y[:, t - 1, ..., 0, :])
+            state.caches[self.slot] = nxt
+            return out
         out = y.new_empty(b, t + CACHE_T, h, w, co)          # t frames + the carry for the next 2
         torch.add(y[..., CACHE_T, :], self.bias, out=out[:, :t])
         out[:, t:].zero_()
         for j in range(CACHE_T):                              # W_j x[s] belongs to frame s + 2 - j
             lag = CACHE_T - j
             out[:, lag:lag + t].add_(y[..., j, :])
-        carry = state.caches[self.slot]
         if carry is not None:
             out[:, :CACHE_T].add_(carry)
         state.caches[self.slot] = out[:, t:].clone()
@@ -217,8 +235,8 @@ class ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor, state: DecoderState) -> torch.Tensor:
         r = self.residual
         h = x if self.shortcut is None else self.shortcut(x)
-        y = r[2](r[0](x, silu=True), state)
-        y = r[6](r[3](y, silu=True), state)
+        y = r[2](r[0](x, silu=True, inplace=self.shortcut is not None), state)   # x is kept when it is h
+        y = r[6](r[3](y, silu=True, inplace=True), state)
         return y.add_(h)
 
 
@@ -326,7 +344,7 @@ class Decoder3d(nn.Module):
             x = layer(x, state)
         for layer in self.upsamples:
             x = layer(x, state)
-        return self.head[2](self.head[0](x, silu=True), state)
+        return self.head[2](self.head[0](x, silu=True, inplace=True), state)
 
 
 class WanVAEDecoder(nn.Module):
@@ -479,6 +497,17 @@ class StreamingVAEDecoder:
         return torch.cat(parts, 1)
 
     def _run(self, latents: torch.Tensor, state: DecoderState) -> torch.Tensor:
+        threads = min(self.cfg.threads, os.cpu_count() or 1)   # vae.threads: intra-op threads while decoding
+        if not threads or self.device.type != "cpu" or threads == torch.get_num_threads():
+            return self._decode(latents, state)
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return self._decode(latents, state)
+        finally:
+            torch.set_num_threads(before)
+
+    def _decode(self, latents: torch.Tensor, state: DecoderState) -> torch.Tensor:
         if latents.dim() != 5 or latents.shape[2] != self.cfg.z_dim:
             raise ValueError(f"latents must be [B, F, {self.cfg.z_dim}, h, w], not {tuple(latents.shape)}")
         b, f, _, h, w = latents.shape

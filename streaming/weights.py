@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn as nn
 
-from .config import Config
+from .config import Config, InitConfig
 from .dit import CausalDiT
 from .errors import UserError
 
@@ -246,14 +246,41 @@ def _dit_dtype_of(dtype: torch.dtype):
     return dtype_of
 
 
+def shape_random_init(model: CausalDiT, init: InitConfig) -> CausalDiT:
+    """Apply the `init` section's gains to a freshly drawn random DiT (see `InitConfig`):
+    the prompt path (text embedding, cross-attention output and q/k norms) and the head.
+    Deterministic (no random numbers); at the defaults it changes nothing."""
+    if init.is_default:
+        return model
+    with torch.no_grad():
+        for layer in model.text_embedding:
+            if isinstance(layer, nn.Linear):
+                layer.weight.mul_(init.text_embedding_gain)
+        for i, blk in enumerate(model.blocks):
+            blk.cross_attn.o.weight.mul_(init.cross_attn_gain)
+            if init.cross_attn_sharpness:
+                blk.cross_attn.norm_q.weight.mul_(init.cross_attn_sharpness[i])
+                blk.cross_attn.norm_k.weight.mul_(init.cross_attn_sharpness[i])
+        head = model.head.head
+        head.weight.mul_(init.head_gain)
+        if init.head_patch_share:
+            a = init.head_patch_share
+            for p in (head.weight, head.bias):   # output rows are (patch pixel, channel), pixel-major
+                per_pixel = p.view(-1, model.cfg.out_dim, *p.shape[1:])
+                first = per_pixel[:1].clone()
+                per_pixel.mul_(1 - a).add_(first, alpha=a)
+    return model
+
+
 def build_dit(cfg: Config, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
               weights_seed: int | None = None) -> CausalDiT:
-    """A DiT with seeded random weights (the embedded default, benchmarks)."""
+    """A DiT with seeded random weights (the embedded default, benchmarks), shaped by the
+    config's `init` section."""
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.weights_seed if weights_seed is None else weights_seed)
         with device:
-            model = CausalDiT(cfg.model)
+            model = shape_random_init(CausalDiT(cfg.model), cfg.init)
     return model.cast_(dtype).eval().requires_grad_(False)
 
 

@@ -43,3 +43,55 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("nosuch")
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "x.yaml")
+
+
+# -- runtime.threads and the init section -----------------------------------------------------------
+def test_tiny_sets_threads_and_init_longlive_keeps_the_defaults():
+    from streaming.config import InitConfig
+
+    tiny, full = load_config("tiny"), load_config("longlive")
+    assert tiny.runtime.threads == 1 and tiny.vae.threads == 2
+    assert not tiny.init.is_default and len(tiny.init.cross_attn_sharpness) == tiny.model.num_layers
+    assert full.runtime.threads == 0 and full.init == InitConfig() and full.init.is_default
+
+
+@pytest.mark.parametrize("text,message", [
+    ("runtime: {threads: -1}", "runtime.threads must be 0"),
+    ("vae: {threads: -2}", "vae.threads must be 0"),
+    ("runtime: {threads: 1.5}", "runtime.threads must be a whole number"),
+    ("init: {head_gain: 0}", "init.head_gain must be a positive number"),
+    ("init: {cross_attn_gain: -3}", "init.cross_attn_gain must be a positive number"),
+    ("init: {cross_attn_sharpness: [1.0]}", "one value per DiT layer (30)"),
+    ("init: {cross_attn_sharpness: [1.0, 0.0, 1.0]}", "init.cross_attn_sharpness[1] must be a positive number"),
+    ("init: {head_patch_share: 1.5}", "init.head_patch_share must be between 0 and 1"),
+    ("init: {text_mix: 2}", "unknown key(s) text_mix"),
+])
+def test_threads_and_init_mistakes_are_one_clear_sentence(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_init_and_threads_round_trip_through_a_mapping():
+    from streaming.config import config_from_mapping
+
+    tiny = load_config("tiny")
+    again = config_from_mapping(tiny.to_mapping(), "again")
+    assert again.init == tiny.init and again.runtime == tiny.runtime
+
+
+def test_apply_runtime_sets_torch_threads_and_zero_leaves_them():
+    import torch
+
+    from streaming.config import RuntimeConfig, apply_runtime
+
+    before = torch.get_num_threads()
+    try:
+        apply_runtime(RuntimeConfig(threads=1))
+        assert torch.get_num_threads() == 1
+        apply_runtime(RuntimeConfig(threads=0))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
