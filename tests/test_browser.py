@@ -60,8 +60,8 @@ async def open_page(browser, url: str, errors: list[str]):
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="module")
-def server():
+def require_browser() -> None:
+    """Chromium and the page's vendored msgpack must be there (`make test` installs both)."""
     if not Path(CHROMIUM).exists():
         message = f"{CHROMIUM} is missing: `make browser` (or apt-get install chromium) installs it"
         if os.environ.get("LONGLIVE_REQUIRE_BROWSER"):   # `make test` installs it: missing there is a failure
@@ -69,6 +69,11 @@ def server():
         pytest.skip(message)
     if not (REPO / "client" / "vendor" / "msgpack" / "index.mjs").exists():
         pytest.fail("client/vendor/msgpack is missing: run `make client`")
+
+
+@pytest.fixture(scope="module")
+def server():
+    require_browser()
     proc, url = start_server("--prompt", "opening scene")
     yield url
     stop_server(proc)
@@ -206,6 +211,7 @@ def test_page_says_what_became_of_every_prompt(server):
 def test_page_says_at_once_when_the_server_goes_away():
     from playwright.async_api import async_playwright
 
+    require_browser()
     proc, url = start_server("--prompt", "a server about to stop")
 
     async def main() -> None:

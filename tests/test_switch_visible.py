@@ -11,9 +11,7 @@ page's own prompt box, and the pixels of the page's <video> in headless Chromium
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,16 +134,10 @@ PLAYED = "document.getElementById('video').getVideoPlaybackQuality().totalVideoF
 
 @pytest.fixture(scope="module")
 def server():
-    from test_browser import CHROMIUM
-    from test_webrtc import REPO, start_server, stop_server
+    from test_browser import require_browser
+    from test_webrtc import start_server, stop_server
 
-    if not Path(CHROMIUM).exists():
-        message = f"{CHROMIUM} is missing: `make browser` (or apt-get install chromium) installs it"
-        if os.environ.get("LONGLIVE_REQUIRE_BROWSER"):   # `make test` installs it: missing there is a failure
-            pytest.fail(message)
-        pytest.skip(message)
-    if not (REPO / "client" / "vendor" / "msgpack" / "index.mjs").exists():
-        pytest.fail("client/vendor/msgpack is missing: run `make client`")
+    require_browser()
     proc, url = start_server("--prompt", PAIRS[0][0])
     yield url
     stop_server(proc)
