@@ -21,7 +21,7 @@ MAY_IMPORT = {
     "streaming": {"kernels"},
     "studio": {"streaming", "kernels"},
     "server": {"studio", "streaming", "kernels"},
-    "bench": {"streaming", "kernels"},
+    "bench": {"streaming", "kernels", "studio"},      # tools measure the model and the offline room
     "longlive": {"server", "studio", "streaming", "kernels", "bench"},
 }
 SERVER_LIBRARIES = {"aiohttp", "aiortc", "av", "msgpack", "anthropic"}
