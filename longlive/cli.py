@@ -74,6 +74,24 @@ def port(text: str) -> int:
     return value
 
 
+def megabytes(text: str) -> int:
+    value = _whole(text, "a number of MiB")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 (off) or more")
+    return value
+
+
+def resolution(text: str) -> tuple[int, int]:
+    width, x, height = text.lower().partition("x")
+    try:
+        w, h = int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a resolution; write it WIDTHxHEIGHT, like 832x480") from None
+    if not x or not (0 < w <= 8192 and 0 < h <= 8192):
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range; width and height are between 1 and 8192")
+    return w, h
+
+
 def seconds(text: str) -> float:
     try:
         value = float(text)
@@ -103,6 +121,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="prompt of the first stream")
     p.add_argument("--lead-blocks", type=positive_int, default=1,
                    help="blocks generated ahead of playback (default: 1; more = smoother, slower to react)")
+    p.add_argument("--recordings", type=Path, default=Path("recordings"), metavar="DIR",
+                   help="folder the Record button writes to (default: ./recordings)")
+    p.add_argument("--record", type=Path, default=None, metavar="DIR",
+                   help="record from the start into DIR (it becomes the recordings folder)")
+    p.add_argument("--rewind-memory", type=megabytes, default=2048, metavar="MiB",
+                   help="host memory for rewind snapshots, one per prompt segment, oldest dropped first "
+                        "(default 2048; 0 turns rewind off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -112,6 +137,17 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, default=Path("out.mp4"),
                    help="video file to write: .mp4, .m4v, .mov or .mkv, H.264 (default out.mp4)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed (default 0): the same seed gives the same video")
+    _model_arguments(p)
+
+
+def add_render_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("timeline", type=Path, help="a timeline: a recording's .timeline.json or a Scope v2.0 export")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="video file to write: .mp4, .m4v, .mov or .mkv (default: the timeline's name, .mp4)")
+    p.add_argument("--seed", type=seed, default=None, help="noise seed (default: the timeline's)")
+    p.add_argument("--resolution", type=resolution, default=None, metavar="WxH",
+                   help="frame size (default: the timeline's; adjusted to the nearest the model can make)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted render of the same output")
     _model_arguments(p)
 
 
@@ -140,6 +176,8 @@ def add_kernels_arguments(p: argparse.ArgumentParser) -> None:
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("serve", "serve the live stream and the browser client", add_serve_arguments, "server.serve:run"),
     Subcommand("generate", "render a prompt to a video file, offline", add_generate_arguments, "studio.generate:run"),
+    Subcommand("render", "render a timeline (a recording's or Scope's) to a video file, offline and exactly",
+               add_render_arguments, "studio.render:run"),
     Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, "bench.speed:run"),
     Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
                           "report registers, spills and shared memory", add_kernels_arguments,

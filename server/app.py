@@ -10,6 +10,9 @@ docs/PROTOCOL.md for the wire format.
     GET    /api/control           WebSocket control channel (msgpack or JSON messages)
     GET    /api/state             the state, as JSON
     POST   /api/prompt            {"text", "id"?} -> queue a prompt switch
+    POST   /api/command           any control message as JSON ({"type": "record", "on": true}, ...)
+    GET    /api/recordings        the recordings folder: [{"name", "bytes", "url"}], newest first
+    GET    /api/recordings/{name} one recording (video or its timeline)
     GET    /api/health            counts for monitoring and tests (sessions, tasks, threads)
 """
 
@@ -25,9 +28,12 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from studio.sidecar import Source
+
 from .control import ControlHub, ServerInfo, WebSocketEndpoint
 from .engine import Engine
-from .protocol import ProtocolError, parse_command
+from .protocol import ProtocolError, RecordCommand, parse_command
+from .recorder import Recorder
 from .webrtc import OfferError, SessionManager
 
 log = logging.getLogger(__name__)
@@ -43,29 +49,38 @@ ENGINE = web.AppKey("engine", Engine)
 HUB = web.AppKey("hub", ControlHub)
 SESSIONS = web.AppKey("sessions", SessionManager)
 SOCKETS = web.AppKey("sockets", set)
+RECORDER = web.AppKey("recorder", Recorder)
+RECORD_AT_START = web.AppKey("record_at_start", bool)
 STATIC_ROOT = web.AppKey("static_root", Path)
 
 
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
-               host: str | None = "127.0.0.1") -> web.Application:
+               host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
+               record: bool = False) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
-    offers ICE candidates on that address only (every address for "0.0.0.0" or "::")."""
+    offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
+    Recordings go to the folder `recordings`; `record` starts one with the stream."""
     pipe = engine.pipe
     width, height = pipe.size
     info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
                       width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
-    hub = ControlHub(engine, info)
+    recorder = Recorder(engine, recordings, lambda: stream_source(engine, info.config))
+    hub = ControlHub(engine, info, recorder=recorder)
     sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host)
     hub.viewers = sessions
 
     app = web.Application(client_max_size=256 * 1024)
     app[ENGINE], app[HUB], app[SESSIONS], app[SOCKETS] = engine, hub, sessions, set()
+    app[RECORDER], app[RECORD_AT_START] = recorder, record
     app[STATIC_ROOT] = client_dir.resolve()
     app.router.add_post("/api/offer", offer)
     app.router.add_delete("/api/sessions/{session}", end_session)
     app.router.add_get("/api/control", control_socket)
     app.router.add_get("/api/state", state)
     app.router.add_post("/api/prompt", prompt)
+    app.router.add_post("/api/command", command)
+    app.router.add_get("/api/recordings", recordings_list)
+    app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
     app.router.add_get("/", index)
     app.router.add_get("/{path:.+}", static_file)
@@ -77,10 +92,24 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
 
 
 # -- lifecycle -----------------------------------------------------------------------------------
+def stream_source(engine: Engine, config_name: str) -> Source:
+    """What the stream is made from now (for a recording's sidecar)."""
+    pipe = engine.pipe
+    cfg = getattr(pipe, "cfg", None)
+    weights = getattr(pipe, "weights", None)
+    width, height = pipe.size
+    steps = tuple(int(t) for t in getattr(getattr(cfg, "schedule", None), "denoising_steps", ()) or ())
+    return Source(config=config_name, weights="embedded" if weights is None else Path(str(weights.root)).name,
+                  fps=float(pipe.fps), latent_frames_per_block=int(getattr(cfg, "latent_frames_per_block", 3)),
+                  width=width, height=height, denoising_steps=steps, seed=engine.state().seed)
+
+
 async def _startup(app: web.Application) -> None:
+    await app[HUB].start()
+    if app[RECORD_AT_START]:
+        app[RECORDER].start()      # before the first block: the recording has the whole stream
     if not app[ENGINE].running:
         app[ENGINE].start()
-    await app[HUB].start()
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -88,6 +117,7 @@ async def _shutdown(app: web.Application) -> None:
     await app[SESSIONS].close_all()
     for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")
+    await asyncio.to_thread(app[RECORDER].stop)    # the files are complete before the server goes
     await app[HUB].stop()
     await asyncio.to_thread(app[ENGINE].stop)
 
@@ -151,6 +181,37 @@ async def prompt(request: web.Request) -> web.Response:
     if replies[0]["type"] == "error":     # refused: the engine is restarting, stopped or has a full queue
         return web.json_response(replies[0], status=503, headers={"Retry-After": "1"})
     return web.json_response(replies[0], status=202)
+
+
+async def command(request: web.Request) -> web.Response:
+    """Any control message as a JSON body: 202 with the ack (200 with the state for status),
+    400 when invalid, 409 when a recording cannot start or stop, 503 + Retry-After when the
+    engine refused it (restarting, stopped, or its queue full)."""
+    body = await _json_body(request)
+    try:
+        cmd = parse_command(body)
+    except ProtocolError as e:
+        raise _bad_request(str(e)) from None
+    replies: list[dict[str, Any]] = []
+    request.app[HUB].dispatch(cmd, lambda event: replies.append(event.to_wire()))
+    reply = replies[0]
+    if reply["type"] != "error":
+        return web.json_response(reply, status=202 if reply["type"] == "ack" else 200)
+    if isinstance(cmd, RecordCommand):      # already recording, nothing to stop, folder not writable
+        return web.json_response(reply, status=409)
+    return web.json_response(reply, status=503, headers={"Retry-After": "1"})   # the engine refused it
+
+
+async def recordings_list(request: web.Request) -> web.Response:
+    return web.json_response({"recording": request.app[RECORDER].status(), "files": request.app[RECORDER].files()})
+
+
+async def recording_file(request: web.Request) -> web.FileResponse:
+    name = request.match_info["name"]
+    path = request.app[RECORDER].path_of(name)
+    if path is None:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no recording {name!r}"}), content_type="application/json")
+    return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
 async def health(request: web.Request) -> web.Response:

@@ -29,7 +29,8 @@ from aiortc import RTCDataChannel
 
 from .engine import CommandRefused, Engine
 from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, Command, ErrorEvent, Event, Hello,
-                       ProtocolError, StateEvent, Stats, StatusCommand, encode, read_command)
+                       ProtocolError, RecordCommand, StateEvent, Stats, StatusCommand, encode, read_command)
+from .recorder import Recorder, RecordingError
 
 log = logging.getLogger(__name__)
 
@@ -138,10 +139,11 @@ class WebSocketEndpoint(Endpoint):
 
 class ControlHub:
     def __init__(self, engine: Engine, info: ServerInfo, *, viewers: ViewerSource | None = None,
-                 stats_interval: float = 1.0):
+                 stats_interval: float = 1.0, recorder: Recorder | None = None):
         self.engine = engine
         self.info = info
         self.viewers = viewers
+        self.recorder = recorder
         self.stats_interval = stats_interval
         self._endpoints: set[Endpoint] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -213,11 +215,33 @@ class ControlHub:
         if isinstance(command, StatusCommand):
             reply(StateEvent(id=command.id, state=self.state()))
             return
+        if isinstance(command, RecordCommand):
+            self._record(command, reply)
+            return
         try:
             self.engine.submit(command)
         except CommandRefused as e:
             reply(ErrorEvent(id=command.id, message=str(e)))
             return
+        reply(Ack(id=command.id, command=command.TYPE))
+
+    def _record(self, command: RecordCommand, reply: Callable[[Event], None]) -> None:
+        """Recording on: starts at once (the `recording` event follows). Off: acknowledged at
+        once; the files are finalised off the event loop and a `recording` event says when."""
+        if self.recorder is None:
+            reply(ErrorEvent(id=command.id, message="this server has no recordings folder"))
+            return
+        if command.on:
+            try:
+                self.recorder.start()
+            except RecordingError as e:
+                reply(ErrorEvent(id=command.id, message=str(e)))
+                return
+        elif not self.recorder.recording:
+            reply(ErrorEvent(id=command.id, message="nothing is being recorded"))
+            return
+        else:
+            asyncio.get_running_loop().run_in_executor(None, self.recorder.stop)
         reply(Ack(id=command.id, command=command.TYPE))
 
     def broadcast(self, event: Event) -> None:
@@ -247,10 +271,14 @@ class ControlHub:
             "pending_prompt": s.pending_prompt,
             "block": t.block,
             "frame": self.engine.bus.playhead(),
+            "generated": self.engine.bus.next_seq,
             "lead_blocks": self.engine.lead_blocks,
             "viewers": self.viewers.count if self.viewers else 0,
             "controllers": self.count,
             "prompts": s.history,
+            "segments": s.segments,
+            "timeline": s.timeline,
+            "recording": self.recorder.status() if self.recorder else None,
             "stats": self._last_stats.to_wire() if self._last_stats else None,
             "limits": {"message_bytes": MAX_MESSAGE_BYTES, "prompt_chars": MAX_PROMPT_CHARS},
         }
@@ -296,6 +324,7 @@ class ControlHub:
         bus = self.engine.bus
         t = self.engine.timing()
         delivered = rates.delivered_fps()
+        recording = self.recorder.status() if self.recorder else None
         self._last_stats = Stats(
             fps=round(fps, 2), gen_fps=round(t.gen_fps, 1), block_ms=round(t.block_ms, 1),
             dit_ms=round(t.dit_ms, 1), decode_ms=round(t.decode_ms, 1),
@@ -305,7 +334,8 @@ class ControlHub:
             rate_window_s=round(rates.span(), 2),
             viewers=self.viewers.count if self.viewers else 0, controllers=self.count,
             block=t.block, frame=seq, buffered=int(bus.ahead()),
-            skipped=self.viewers.skipped() if self.viewers else 0, paused=bus.paused)
+            skipped=self.viewers.skipped() if self.viewers else 0, paused=bus.paused,
+            recording_s=recording["seconds"] if recording else None)
         self.broadcast(self._last_stats)
 
 

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import secrets
 import threading
 import time
 from concurrent.futures import Future
@@ -65,11 +66,16 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from streaming.errors import UserError, one_line
+from streaming.noise import SEED_MAX
+from studio.lineage import Lineage
+from studio.timeline import BlockClock, Timeline
 
+from .block_sink import BlockSink, GeneratedBlock
 from .framebus import FrameBus
 from .prompt_encoder import Encoded, PromptEncoderWorker
-from .protocol import (Command, ErrorEvent, Event, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
-                       ResumeCommand, SeedCommand, StateEvent)
+from .protocol import (Command, ErrorEvent, Event, Notice, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
+                       ResumeCommand, RewindCommand, SeedCommand, StateEvent, TimelineCommand)
+from .rewind import REWIND_MEMORY_MB, RewindPoint, RewindShelf
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +104,7 @@ class Pipeline(Protocol):
     def start(self, prompt: str, seed: int = 0, embedding: Any = None) -> None: ...
     def switch_prompt(self, prompt: str, embedding: Any = None) -> None: ...
     def next_frames(self) -> Any: ...        # FrameBlock: frames, block, prompt, dit_ms, decode_ms
+    # optional, for rewind: snapshot(device) -> snapshot with .nbytes, restore(snapshot), reseed_noise(seed)
 
 
 class CommandRefused(UserError):
@@ -141,6 +148,17 @@ class _PendingPrompt:
 
 
 @dataclass
+class _TimelinePlay:
+    """A timeline playing live: its prompts by the stream block they take effect at."""
+
+    timeline: Timeline
+    entries: collections.deque[tuple[int, str]]     # (stream block, prompt), in order
+    end_block: int                                  # the stream block after its last segment
+    command: TimelineCommand
+    job: tuple[str, Future] | None = None           # the next entry's encoding
+
+
+@dataclass
 class _Listener:
     callback: Callable[[Event], None]
     loop: asyncio.AbstractEventLoop
@@ -158,6 +176,8 @@ class EngineState:
     restarts: int = 0            # restarts after failures since the server started
     pending_prompt: str | None = None   # the newest prompt asked for whose embedding is not applied yet
     history: list[dict[str, Any]] = field(default_factory=list)
+    segments: list[dict[str, Any]] = field(default_factory=list)   # the kept rewind points, oldest first
+    timeline: dict[str, Any] | None = None    # the timeline playing, if any
 
 
 def cuda_index(pipe: Any) -> int | None:
@@ -182,7 +202,8 @@ class Engine:
     def __init__(self, pipe: Pipeline, *, prompt: str = "", seed: int = 0, lead_blocks: int = 1,
                  ring_frames: int | None = None, clock: Callable[[], float] = time.monotonic,
                  queue_size: int = COMMAND_QUEUE, max_failures: int = MAX_FAILURES, backoff_s: float = BACKOFF_S,
-                 backoff_max_s: float = BACKOFF_MAX_S, sleep: Callable[[float], None] | None = None):
+                 backoff_max_s: float = BACKOFF_MAX_S, sleep: Callable[[float], None] | None = None,
+                 rewind_bytes: int = REWIND_MEMORY_MB << 20):
         if lead_blocks < 1:
             raise ValueError("lead_blocks must be at least 1")
         if queue_size < 1 or max_failures < 1:
@@ -221,6 +242,16 @@ class Engine:
         self._failures = 0             # failures in a row (reset by a generated block)
         self._restarts = 0
         self._applying: Command | None = None   # the command being applied (for the failure's id)
+        # what the stream is: its lineage, the next stream block, and why it last jumped
+        self._lineage: Lineage | None = None
+        self._stream_block = 0
+        self._cause: str | None = "start"
+        self._new_segment = False      # the next block begins a prompt segment (a rewind point)
+        self.rewind = RewindShelf(rewind_bytes)
+        self._rewind_said = False      # told the log once that snapshots do not fit the budget
+        self._sinks: list[BlockSink] = []
+        self._timeline: _TimelinePlay | None = None
+        self._clock_of_blocks = BlockClock(pipe.fps, _latent_frames_per_block(pipe))
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -293,7 +324,8 @@ class Engine:
                     self._listeners.remove(listener)
         return unsubscribe
 
-    def _emit(self, event: Event) -> None:
+    def emit(self, event: Event) -> None:
+        """Hand `event` to every subscriber on its loop (any thread; never blocks)."""
         with self._listeners_lock:
             listeners = list(self._listeners)
         for listener in listeners:
@@ -304,13 +336,32 @@ class Engine:
                     if listener in self._listeners:
                         self._listeners.remove(listener)
 
+    # -- sinks that must see every block (any thread) ----------------------------------------------
+    def add_sink(self, sink: BlockSink) -> None:
+        with self._cond:
+            self._sinks.append(sink)
+
+    def remove_sink(self, sink: BlockSink) -> None:
+        with self._cond:
+            if sink in self._sinks:
+                self._sinks.remove(sink)
+
     # -- state (any thread) --------------------------------------------------------------------------
     def state(self) -> EngineState:
         with self._cond:
             return EngineState(prompt=self._prompt, seed=self._seed, paused=self.bus.paused, running=self.running,
                                failed=self._failed, blocks=self._blocks, status=self._status,
                                restarts=self._restarts, pending_prompt=self._newest[1] if self._newest else None,
-                               history=_bounded_history(self._history))
+                               history=_bounded_history(self._history),
+                               segments=self.rewind.listed(),
+                               timeline=self._timeline_state())
+
+    def _timeline_state(self) -> dict[str, Any] | None:
+        play = self._timeline
+        if play is None:
+            return None
+        return {"segments": len(play.timeline.segments), "left": len(play.entries),
+                "duration": play.timeline.duration, "end_block": play.end_block}
 
     def timing(self) -> BlockTiming:
         with self._cond:
@@ -357,6 +408,8 @@ class Engine:
 
     def _restart(self) -> None:
         """A clean stream with the same prompt and seed, after a failure."""
+        if self._timeline is not None:
+            self._stop_timeline(None, "the generator restarted after a failure")
         self._start_stream()
         with self._cond:
             self._restarts += 1
@@ -370,6 +423,12 @@ class Engine:
             with self._cond:
                 self._embedding = embedding
         self.pipe.start(prompt, seed, embedding)
+        self._began(prompt, seed, "start" if self._blocks == 0 else "restart after a failure")
+
+    def _began(self, prompt: str, seed: int, cause: str) -> None:
+        """The pipeline started a new stream: a new lineage from block 0, a new segment."""
+        self._lineage, self._stream_block = Lineage(prompt, seed), 0
+        self._cause, self._new_segment = cause, True
 
     def _recover(self, exc: Exception) -> bool:
         """One failure: tell every client, then back off (True: start again) or give up (False)."""
@@ -385,8 +444,8 @@ class Engine:
         if failures >= self.max_failures:
             with self._cond:
                 self._status, self._failed = STOPPED, what
-            self._emit(ErrorEvent(id=rid, message=f"the generator stopped after {failures} failures in a row: {what}"))
-            self._emit(StateEvent(state=self._state_delta()))
+            self.emit(ErrorEvent(id=rid, message=f"the generator stopped after {failures} failures in a row: {what}"))
+            self.emit(StateEvent(state=self._state_delta()))
             self._drop_waiting("the generator stopped")
             return False
         delay = min(self.backoff_max_s, self.backoff_s * 2 ** (failures - 1))
@@ -394,9 +453,9 @@ class Engine:
             if self._stopping:
                 return False
             self._status = RESTARTING
-        self._emit(ErrorEvent(id=rid, message=f"the generator failed ({what}); restarting in {delay:g} s "
+        self.emit(ErrorEvent(id=rid, message=f"the generator failed ({what}); restarting in {delay:g} s "
                                                 f"(failure {failures} of {self.max_failures})"))
-        self._emit(StateEvent(state=self._state_delta()))
+        self.emit(StateEvent(state=self._state_delta()))
         self._sleep(delay)
         with self._cond:
             return not self._stopping
@@ -415,7 +474,7 @@ class Engine:
             dropped.append(self._switched.command)
         self._asked, self._switched = [], None
         for command in dropped:
-            self._emit(ErrorEvent(id=command.id, message=f"{command.TYPE} was not applied: {why}"))
+            self.emit(ErrorEvent(id=command.id, message=f"{command.TYPE} was not applied: {why}"))
 
     # -- one turn at a block boundary ------------------------------------------------------------------
     def step(self) -> float:
@@ -429,6 +488,8 @@ class Engine:
         wait = self.bus.time_until_ahead(self.lead_blocks * self._last_block_video_frames)
         if wait > 0:
             return wait
+        if self._timeline_boundary():   # a timeline's switch is applied just before its block, so stop wins
+            self.emit(StateEvent(state=self._state_delta()))
         self._generate_block()
         return 0.0
 
@@ -451,6 +512,11 @@ class Engine:
             if isinstance(command, SeedCommand):
                 self._reseed(command)
                 changed = True
+            elif isinstance(command, RewindCommand):
+                changed = self._rewind(command) or changed
+            elif isinstance(command, TimelineCommand):
+                self._play_timeline(command)
+                changed = True
             elif isinstance(command, (PauseCommand, ResumeCommand)):
                 changed = True             # playback already acted in submit(); tell every client
             else:
@@ -458,6 +524,9 @@ class Engine:
             self._applying = None
         ready = self._take_ready()
         if ready is not None:
+            if self._timeline is not None:
+                self._stop_timeline(ready.command.id, "a prompt was sent")
+                changed = True
             self._applying = ready.command
             try:
                 self.pipe.switch_prompt(ready.command.text, ready.encoded.embedding)
@@ -467,10 +536,12 @@ class Engine:
             self._applying = None
             self._switched_to(ready)
         if changed:
-            self._emit(StateEvent(state=self._state_delta()))
+            self.emit(StateEvent(state=self._state_delta()))
 
     def _reseed(self, command: SeedCommand) -> None:
         """A new stream with the seed, under the newest ready prompt (else the current one)."""
+        if self._timeline is not None:
+            self._stop_timeline(command.id, "the seed changed")
         ready = self._take_ready()
         with self._cond:
             prompt, embedding = self._prompt, self._embedding
@@ -484,9 +555,125 @@ class Engine:
             raise
         with self._cond:
             self._seed = command.seed
+            self._prompt, self._embedding = prompt, embedding
+        self._began(prompt, command.seed, f"seed {command.seed}")
         if ready is not None:
-            self._switched_to(ready)
+            self._switched_to(ready, at_start=True)
         log.info("stream restarted: seed %d, prompt %r", command.seed, prompt)
+
+    # -- rewind ----------------------------------------------------------------------------------------
+    def _rewind(self, command: RewindCommand) -> bool:
+        """Back to the start of a kept segment (an error event, nothing else, when it is not kept)."""
+        with self._cond:
+            point = self.rewind.get(command.segment)
+            missing = None if point is not None else self.rewind.missing(command.segment)
+        if point is None:
+            self.emit(ErrorEvent(id=command.id, message=missing))
+            return False
+        if self._switched is not None:     # applied while paused, never shown: the rewind undoes it
+            self.emit(ErrorEvent(id=self._switched.command.id,
+                                 message="the prompt was undone by a rewind before it showed"))
+            self._switched = None
+        if self._timeline is not None:
+            self._stop_timeline(command.id, f"the stream was rewound to segment {command.segment}")
+        self.pipe.restore(point.snapshot)
+        lineage = point.lineage
+        if command.fresh:
+            seed = secrets.randbelow(SEED_MAX + 1)
+            self.pipe.reseed_noise(seed)
+            lineage = lineage.with_noise(point.block, seed)
+        with self._cond:
+            self._prompt, self._embedding = point.prompt, point.embedding
+        self._lineage, self._stream_block = lineage, point.block
+        self._cause = f"rewind to segment {point.segment}" + (" with fresh noise" if command.fresh else "")
+        log.info("%s (block %d): %r", self._cause, point.block, point.prompt)
+        return True
+
+    def _keep_point(self) -> None:
+        """A rewind point at this boundary: the first block of a new segment comes next."""
+        self._new_segment = False
+        snapshot = getattr(self.pipe, "snapshot", None)
+        if snapshot is None or self.rewind.max_bytes == 0:
+            return
+        snap = snapshot("cpu")
+        with self._cond:
+            point = RewindPoint(segment=self.rewind.next_segment(), index=self._blocks, block=self._stream_block,
+                                prompt=self._prompt, time=time.time(), lineage=self._lineage,
+                                embedding=self._embedding, snapshot=snap, nbytes=int(getattr(snap, "nbytes", 0)))
+            kept = self.rewind.put(point)
+        if not kept and not self._rewind_said:
+            self._rewind_said = True
+            log.warning("a rewind snapshot takes %.0f MiB, more than the rewind memory (%.0f MiB): rewind is off",
+                        point.nbytes / 2**20, self.rewind.max_bytes / 2**20)
+
+    # -- timelines played live -------------------------------------------------------------------------
+    def _play_timeline(self, command: TimelineCommand) -> None:
+        """Stop the timeline playing (timeline null), or start one: a new stream under its first
+        prompt (its seed, else the current one), switching at its segments' blocks."""
+        if self._timeline is not None:
+            self._stop_timeline(command.id, "another timeline was asked for" if command.timeline else "")
+        timeline = command.timeline
+        if timeline is None:
+            return
+        for notice in (timeline.blend_notice(), timeline.transition_notice()):
+            if notice:
+                self.emit(Notice(id=command.id, message=notice))
+        entries = collections.deque((block, seg.main_prompt().text)
+                                    for block, seg in timeline.schedule(self._clock_of_blocks))
+        _, first = entries.popleft()
+        with self._cond:
+            seed = self._seed if timeline.settings.seed is None else timeline.settings.seed
+        embedding = self.pipe.encode(first)
+        self.pipe.start(first, seed, embedding)
+        with self._cond:
+            self._prompt, self._embedding, self._seed = first, embedding, seed
+        self._began(first, seed, "timeline")
+        end = self._clock_of_blocks.blocks_for(timeline.duration)
+        self._timeline = _TimelinePlay(timeline, entries, end, command)
+        log.info("playing a timeline of %d segments (%.1f s) from seed %d", len(timeline.segments),
+                 timeline.duration, seed)
+
+    def _timeline_boundary(self) -> bool:
+        """At a boundary: switch to the timeline's prompt due at the next block, ask for the
+        encoding of the one after, or finish. True when the state changed."""
+        play = self._timeline
+        if play is None:
+            return False
+        if self._stream_block >= play.end_block:
+            self._stop_timeline(play.command.id, None)
+            return True
+        switched = False
+        if play.entries and play.entries[0][0] <= self._stream_block:
+            _, text = play.entries.popleft()
+            job = play.job[1] if play.job and play.job[0] == text else None
+            play.job = None
+            embedding = None
+            if job is not None and not job.cancelled():
+                try:
+                    embedding = job.result(timeout=60).embedding
+                except Exception:          # encode it here instead, and let that fail loudly
+                    embedding = None
+            if embedding is None:
+                embedding = self.pipe.encode(text)
+            self.pipe.switch_prompt(text, embedding)
+            with self._cond:
+                self._prompt, self._embedding = text, embedding
+            self._lineage = self._lineage.with_prompt(self._stream_block, text)
+            self._new_segment = True
+            self._history_entry(play.command.id, text)
+            switched = True
+        if play.entries and play.job is None and not self._asked and self._newest is None:
+            text = play.entries[0][1]     # encoded ahead (never while a sent prompt waits: the newest request wins)
+            play.job = (text, self.encoder.request(text))
+        return switched
+
+    def _stop_timeline(self, rid: RequestIdValue, why: str | None) -> None:
+        """`why`: None when it played to its end, "" when asked to stop, else the reason."""
+        self._timeline = None
+        message = ("the timeline finished" if why is None else "the timeline stopped" + (f" ({why})" if why else "")) \
+            + "; back to manual control"
+        log.info(message)
+        self.emit(Notice(id=rid, message=message))
 
     def _take_ready(self) -> _PendingPrompt | None:
         """The newest asked-for prompt whose embedding is ready, with the ids it replaces;
@@ -518,7 +705,7 @@ class Engine:
         log.warning("could not encode %r: %s", p.command.text, err)
         self._forget(p.job)
         message = f"could not encode the prompt: {one_line(err)}"[:MAX_ERROR_CHARS]
-        self._emit(ErrorEvent(id=p.command.id, message=message))
+        self.emit(ErrorEvent(id=p.command.id, message=message))
 
     def _forget(self, job: Future) -> None:
         """The prompt of `job` will not be applied: it is no longer pending."""
@@ -526,22 +713,36 @@ class Engine:
             if self._newest is not None and self._newest[0] is job:
                 self._newest = None
 
-    def _switched_to(self, p: _PendingPrompt) -> None:
-        """The pipeline now runs under `p` (from its next block)."""
+    def _switched_to(self, p: _PendingPrompt, at_start: bool = False) -> None:
+        """The pipeline now runs under `p` (from its next block; `at_start`: it was started under it)."""
         with self._cond:
             self._prompt, self._embedding = p.command.text, p.encoded.embedding
             if self._newest is not None and self._newest[0] is p.job:
                 self._newest = None
+        if at_start:
+            self._lineage = Lineage(p.command.text, self._lineage.seed)
+        else:
+            self._lineage = self._lineage.with_prompt(self._stream_block, p.command.text)
+        self._new_segment = True
         if self._switched is not None:     # switched twice before a block: the first never showed
             p.superseded = ([*self._switched.superseded, self._switched.command.id] + p.superseded)
         p.superseded = p.superseded[-MAX_SUPERSEDED:]
         self._switched = p
 
     def _generate_block(self) -> None:
+        if self._new_segment:
+            self._keep_point()
         blk = self.pipe.next_frames()
         frames = np.asarray(blk.frames)
         first_seq = self.bus.publish(frames, block=blk.block, prompt=blk.prompt)
         done = self._clock()
+        frames.flags.writeable = False
+        item = GeneratedBlock(frames, self._blocks, int(blk.block), blk.prompt, self._lineage, self._cause)
+        self._cause, self._stream_block = None, int(blk.block) + 1
+        with self._cond:
+            sinks = list(self._sinks)
+        for sink in sinks:
+            sink.offer(item)
         with self._cond:
             self._timing = BlockTiming(blk.block, len(frames), float(blk.dit_ms), float(blk.decode_ms))
             self._last_block_video_frames = len(frames)
@@ -552,7 +753,7 @@ class Engine:
                 self._status = RUNNING
         if recovered:
             log.info("the generator is running again")
-            self._emit(StateEvent(state=self._state_delta()))
+            self.emit(StateEvent(state=self._state_delta()))
         switched, self._switched = self._switched, None
         if switched is not None:
             self._prompt_applied(switched, blk, first_seq, done)
@@ -568,12 +769,18 @@ class Engine:
             self._history.append({"id": event.id, "text": event.text, "block": event.block, "frame": event.frame,
                                   "latency_ms": event.latency_ms, "time": event.time})
         log.info("prompt applied at block %d (%.0f ms): %r", event.block, event.latency_ms, event.text)
-        self._emit(event)
+        self.emit(event)
+
+    def _history_entry(self, rid: RequestIdValue, text: str) -> None:
+        """A prompt the timeline switched to, in the state's prompt history."""
+        with self._cond:
+            self._history.append({"id": rid, "text": text, "block": self._stream_block, "frame": self.bus.next_seq,
+                                  "latency_ms": 0.0, "time": time.time()})
 
     def _state_delta(self) -> dict[str, Any]:
         s = self.state()
         return {"prompt": s.prompt, "seed": s.seed, "paused": s.paused, "engine": s.status, "failed": s.failed,
-                "restarts": s.restarts}
+                "restarts": s.restarts, "segments": s.segments, "timeline": s.timeline}
 
 
 def _bounded_history(history: collections.deque[dict[str, Any]]) -> list[dict[str, Any]]:

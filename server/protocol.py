@@ -8,7 +8,7 @@ else raises `ProtocolError` with one sentence for the client. Server messages ar
 `Event` dataclasses below, encoded with `encode`.
 
 To add a command: write a `Command` subclass with its fields (each described by a `Text`,
-`Integer` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
+`Integer`, `Flag`, `TimelineValue` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
 handle it in the engine (or the control hub) and describe it in docs/PROTOCOL.md.
 """
 
@@ -85,6 +85,32 @@ class Integer(Spec):
 
 
 @dataclass(frozen=True)
+class Flag(Spec):
+    wire_type: ClassVar[str] = "bool"
+
+    def check(self, where: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ProtocolError(f"{where} must be true or false, not {_wire_name(value)}")
+        return value
+
+
+@dataclass(frozen=True)
+class TimelineValue(Spec):
+    """A Scope v2.0 timeline object (studio.timeline), or null."""
+
+    wire_type: ClassVar[str] = "timeline object | null"
+
+    def check(self, where: str, value: Any) -> Any:
+        if value is None:
+            return None
+        from studio.timeline import Timeline, TimelineError
+        try:
+            return Timeline.from_scope(value)
+        except TimelineError as e:
+            raise ProtocolError(f"{where}: {e}") from None
+
+
+@dataclass(frozen=True)
 class RequestId(Spec):
     """A client's tag for a request, echoed in replies: a string, an integer or null."""
 
@@ -142,6 +168,30 @@ class ResumeCommand(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class RecordCommand(Command):
+    TYPE = "record"
+    DOC = "Start (on: true) or stop (on: false) recording the stream to the server's recordings folder."
+    on: bool = spec(Flag())
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimelineCommand(Command):
+    TYPE = "timeline"
+    DOC = ("Play a timeline (Scope v2.0 JSON object): the stream restarts under its first prompt and "
+           "switches at its times, on block boundaries; null stops it and returns to manual control.")
+    timeline: Any = spec(TimelineValue())
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewindCommand(Command):
+    TYPE = "rewind"
+    DOC = ("Return the stream to the start of a kept prompt segment and continue from there "
+           "(the same noise, so it replays, unless fresh is true).")
+    segment: int = spec(Integer(0, 2**62))
+    fresh: bool = spec(Flag(), default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatusCommand(Command):
     TYPE = "status"
     DOC = "Ask for the current state; answered with a `state` message."
@@ -149,7 +199,8 @@ class StatusCommand(Command):
 
 # The one table of client message types.
 COMMANDS: dict[str, type[Command]] = {
-    cls.TYPE: cls for cls in (PromptCommand, SeedCommand, PauseCommand, ResumeCommand, StatusCommand)
+    cls.TYPE: cls for cls in (PromptCommand, SeedCommand, PauseCommand, ResumeCommand, RecordCommand, TimelineCommand,
+                              RewindCommand, StatusCommand)
 }
 
 
@@ -292,6 +343,7 @@ class Stats(Event):
     buffered: int               # frames generated but not yet played
     skipped: int                # frames viewers skipped (slow viewers), in total
     paused: bool
+    recording_s: float | None = None   # seconds of video recorded so far (None: not recording)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -301,7 +353,31 @@ class ErrorEvent(Event):
     message: str
 
 
-EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptApplied, StateEvent, Stats, ErrorEvent)}
+@dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """Something a user should know that is not an error (a timeline's blends played as one prompt)."""
+
+    TYPE = "notice"
+    id: RequestIdValue = None
+    message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecordingEvent(Event):
+    """A recording started, stopped (its files are complete) or failed (what was written is kept)."""
+
+    TYPE = "recording"
+    status: str                 # started | stopped | failed
+    name: str                   # the video file's name in the recordings folder
+    url: str                    # where to download it
+    sidecar: str                # the timeline file beside it
+    frames: int                 # frames written so far
+    seconds: float              # of video
+    error: str | None = None
+
+
+EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptApplied, StateEvent, Stats, ErrorEvent,
+                                                            Notice, RecordingEvent)}
 
 
 def encode(event: Event | dict[str, Any], binary: bool = True) -> bytes | str:

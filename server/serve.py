@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
 
-        app = create_app(engine, host=sock.getsockname()[0])   # media offered where HTTP listens
+        folder = args.record if args.record is not None else args.recordings
+        app = create_app(engine, host=sock.getsockname()[0],    # media offered where HTTP listens
+                         recordings=folder, record=args.record is not None)
     except BaseException:
         sock.close()
         raise
@@ -60,7 +62,8 @@ def build_engine(args: argparse.Namespace) -> Engine:
     if pipe.embedded_default:
         print("No weights given: running the tiny embedded default (random weights, abstract pictures). "
               "Use --weights DIR or LONGLIVE_WEIGHTS for LongLive 1.3B.", flush=True)
-    return Engine(pipe, prompt=args.prompt, seed=args.seed, lead_blocks=args.lead_blocks)
+    return Engine(pipe, prompt=args.prompt, seed=args.seed, lead_blocks=args.lead_blocks,
+                  rewind_bytes=args.rewind_memory << 20)
 
 
 async def _serve(app, sock: socket.socket, address: str, embedded_default: bool) -> int:

@@ -90,6 +90,12 @@ class StreamingGenerator:
         self._require_started()
         self._pending = (prompt_embedding, self.dit.encode_prompt(prompt_embedding.to(self.device)))
 
+    def reseed_noise(self, seed: int) -> None:
+        """Noise from seed `seed` from the next block on (the state so far is kept)."""
+        self._require_started()
+        self.seed = int(seed)
+        self.noise = self._noise_override or SeededNoise(self.seed)
+
     @property
     def switch_pending(self) -> bool:
         return self._pending is not None

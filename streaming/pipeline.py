@@ -64,6 +64,13 @@ class PipelineSnapshot:
     prompt: str
     pending_prompt: str | None
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of tensor memory the snapshot holds of its own (the prompt's embedding and
+        cross-attention keys, shared with the live stream, are not counted)."""
+        g = self.generator
+        return _tensor_bytes([g.window.k, g.window.v, g.history, self.decoder])
+
 
 class DeviceError(UserError, ValueError):
     """A device that cannot be used; one sentence for the user."""
@@ -173,6 +180,10 @@ class VideoPipeline:
         dit_ms, decode_ms = clock.finish()
         return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms)
 
+    def reseed_noise(self, seed: int) -> None:
+        """Fresh noise: from the next block on it comes from `seed`; the stream's state is kept."""
+        self.generator.reseed_noise(seed)
+
     def snapshot(self, device: torch.device | str | None = None) -> PipelineSnapshot:
         """The stream at this block boundary (`device="cpu"` keeps GPU memory free)."""
         return PipelineSnapshot(self.generator.snapshot(device), self.decoder.state(), self.prompt,
@@ -234,6 +245,19 @@ def _maybe_fp8(dit, cfg: Config, device: torch.device):
             log.warning("runtime.fp8 is set but %s has no FP8 tensor cores this torch can use; running without it",
                         device)
     return dit
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in nested lists, tuples, dicts and dataclasses."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(_tensor_bytes(getattr(obj, name)) for name in obj.__dataclass_fields__)
+    return 0
 
 
 # -- pieces -------------------------------------------------------------------

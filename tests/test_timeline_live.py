@@ -1,0 +1,73 @@
+"""A timeline played live: its prompts switch at their times, on block boundaries; stop (or a sent
+prompt) returns to manual control. The fake pipeline logs every call, the clock is injected."""
+
+from __future__ import annotations
+
+from server.protocol import Notice, PromptCommand, TimelineCommand, read_command
+from studio.timeline import Timeline
+from test_engine import blocks_called, make_engine, run_until_idle, settle
+
+SCOPE = {
+    "prompts": [
+        {"startTime": 0, "endTime": 1.0, "prompts": [{"text": "dawn", "weight": 100}]},
+        {"startTime": 1.0, "endTime": 2.0, "prompts": [{"text": "noon", "weight": 30}, {"text": "rain", "weight": 70}]},
+        {"startTime": 2.0, "endTime": 3.0, "prompts": [{"text": "dusk", "weight": 100}]},
+    ],
+    "settings": {"pipelineId": "longlive", "seed": 42},
+    "version": "2.0",
+}
+
+
+def play(engine, clock, seconds: float) -> None:
+    for _ in range(round(seconds * 16)):
+        clock.advance(1 / 16)
+        run_until_idle(engine)
+        settle(engine)
+
+
+def test_a_timeline_restarts_the_stream_and_switches_at_its_block_boundaries():
+    engine, pipe, clock = make_engine()
+    events: list = []
+    engine.emit = events.append
+    run_until_idle(engine)
+    command = read_command('{"type": "timeline", "id": "t", "timeline": %s}' % __import__("json").dumps(SCOPE))
+    assert isinstance(command, TimelineCommand) and isinstance(command.timeline, Timeline)
+    engine.submit(command)
+    pipe.calls.clear()
+    play(engine, clock, 5)
+    calls = [c for c in pipe.calls if not c.startswith("fail")]
+    # at 16 fps blocks start at frames 0, 9, 21, 33, 45: 1.0 s (frame 16) -> block 2, 2.0 s (frame 32) -> block 3;
+    # 3 s is 48 frames: blocks 0-4; then the stream goes on under the last prompt
+    assert calls[:8] == ["start:dawn:42", "block:0:dawn", "block:1:dawn", "switch:rain", "block:2:rain",
+                         "switch:dusk", "block:3:dusk", "block:4:dusk"]
+    assert all(c == f"block:{i + 5}:dusk" for i, c in enumerate(calls[8:])) and len(calls) > 9
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert notices == ["1 segment blends several prompts; until blending lands it plays its highest-weight prompt",
+                       "the timeline finished; back to manual control"]
+    assert engine.state().timeline is None and engine.state().seed == 42
+
+
+def test_stop_and_a_sent_prompt_return_to_manual_control():
+    engine, pipe, clock = make_engine()
+    events: list = []
+    engine.emit = events.append
+    engine.submit(TimelineCommand(timeline=Timeline.from_scope(SCOPE)))
+    play(engine, clock, 0.5)
+    assert engine.state().timeline["segments"] == 3
+    engine.submit(TimelineCommand(timeline=None, id="stop"))
+    play(engine, clock, 3)
+    assert engine.state().timeline is None
+    assert not any(c.startswith("switch:") for c in pipe.calls)            # no switch after the stop
+    assert [e.message for e in events if isinstance(e, Notice) and e.id == "stop"] == \
+        ["the timeline stopped; back to manual control"]
+
+    engine.submit(TimelineCommand(timeline=Timeline.from_scope(SCOPE)))
+    play(engine, clock, 0.5)
+    engine.submit(PromptCommand(text="mine", id="p"))
+    settle(engine)
+    play(engine, clock, 3)
+    assert engine.state().timeline is None and engine.state().prompt == "mine"
+    assert "switch:rain" not in pipe.calls and "switch:mine" in pipe.calls
+    assert any(e.message == "the timeline stopped (a prompt was sent); back to manual control"
+               for e in events if isinstance(e, Notice))
+    assert blocks_called(pipe)[-1].endswith(":mine")
