@@ -128,6 +128,7 @@ class Recipe:
     height: int
     runs: tuple[Run, ...]
     hashes: tuple[str, ...]
+    frames: tuple[int, ...] = ()     # video frames of each block (the last may be cut short)
 
     @classmethod
     def from_timeline(cls, timeline: Timeline) -> "Recipe | None":
@@ -143,19 +144,25 @@ class Recipe:
                 raise TimelineError("longlive.runs must list at least one run")
             parsed = tuple(Run.from_wire(r, f"longlive.runs[{i}]") for i, r in enumerate(runs))
             blocks = ours.get("blocks", [])
-            if not isinstance(blocks, list) or not all(isinstance(b, dict) and isinstance(b.get("hash"), str)
-                                                       for b in blocks):
-                raise TimelineError("longlive.blocks must list objects with a \"hash\" string")
+            if not isinstance(blocks, list) or not all(
+                    isinstance(b, dict) and isinstance(b.get("hash"), str) and isinstance(b.get("frames"), int)
+                    and not isinstance(b.get("frames"), bool) and b["frames"] >= 0 for b in blocks):
+                raise TimelineError("longlive.blocks must list objects with a \"hash\" string and a \"frames\" count")
             return cls(config=_str(ours, "config"), weights=_str(ours, "weights"), fps=_number(ours, "fps"),
                        latent_frames_per_block=int(_number(ours, "latent_frames_per_block")),
                        width=int(_number(ours, "width")), height=int(_number(ours, "height")),
-                       runs=parsed, hashes=tuple(b["hash"] for b in blocks))
+                       runs=parsed, hashes=tuple(b["hash"] for b in blocks), frames=tuple(b["frames"] for b in blocks))
         except LineageError as e:
             raise TimelineError(str(e)) from None
 
     @property
     def blocks(self) -> int:
         return sum(r.blocks for r in self.runs)
+
+    @property
+    def total_frames(self) -> int | None:
+        """Frames of the whole video, when every block's count is known."""
+        return sum(self.frames) if len(self.frames) == self.blocks else None
 
 
 def _str(obj: dict[str, Any], key: str) -> str:
