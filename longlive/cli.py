@@ -125,9 +125,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder the Record button writes to (default: ./recordings)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record from the start into DIR (it becomes the recordings folder)")
-    p.add_argument("--rewind-memory", type=megabytes, default=2048, metavar="MiB",
+    p.add_argument("--rewind-memory", type=megabytes, default=None, metavar="MiB",
                    help="host memory for rewind snapshots, one per prompt segment, oldest dropped first "
-                        "(default 2048; 0 turns rewind off)")
+                        "(default: a quarter of this machine's memory; 0 turns rewind off)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -75,7 +75,7 @@ from .framebus import FrameBus
 from .prompt_encoder import Encoded, PromptEncoderWorker
 from .protocol import (Command, ErrorEvent, Event, Notice, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
                        ResumeCommand, RewindCommand, SeedCommand, StateEvent, TimelineCommand)
-from .rewind import REWIND_MEMORY_MB, RewindPoint, RewindShelf
+from .rewind import RewindPoint, RewindShelf
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ class Engine:
                  ring_frames: int | None = None, clock: Callable[[], float] = time.monotonic,
                  queue_size: int = COMMAND_QUEUE, max_failures: int = MAX_FAILURES, backoff_s: float = BACKOFF_S,
                  backoff_max_s: float = BACKOFF_MAX_S, sleep: Callable[[float], None] | None = None,
-                 rewind_bytes: int = REWIND_MEMORY_MB << 20):
+                 rewind_bytes: int | None = None):
         if lead_blocks < 1:
             raise ValueError("lead_blocks must be at least 1")
         if queue_size < 1 or max_failures < 1:

@@ -11,15 +11,25 @@ whole budget is not kept at all (rewind is then unavailable, and the engine says
 from __future__ import annotations
 
 import collections
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from studio.lineage import Lineage
 
-REWIND_MEMORY_MB = 2048      # default budget for snapshots, in MiB of host memory
+REWIND_SHARE = 4             # by default snapshots may take a quarter of this machine's memory
 MAX_POINTS = 256             # points kept, at most
 LISTED = 64                  # the newest points listed in the state ...
 LISTED_CHARS = 120           # ... each with at most this much of its prompt (a state message stays small)
+
+
+def default_budget() -> int:
+    """Bytes of host memory for snapshots when none is asked for: a quarter of the machine's
+    memory (at full LongLive size a snapshot is about 3.5 GB, the tiny default's about 9 MB)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // REWIND_SHARE
+    except (ValueError, OSError, AttributeError):      # not on this platform
+        return 4 << 30
 
 
 @dataclass(frozen=True)
@@ -41,7 +51,8 @@ class RewindPoint:
 
 
 class RewindShelf:
-    def __init__(self, max_bytes: int = REWIND_MEMORY_MB << 20, max_points: int = MAX_POINTS):
+    def __init__(self, max_bytes: int | None = None, max_points: int = MAX_POINTS):
+        max_bytes = default_budget() if max_bytes is None else max_bytes
         if max_bytes < 0 or max_points < 1:
             raise ValueError("the rewind budget must be at least 0 bytes and 1 point")
         self.max_bytes, self.max_points = max_bytes, max_points

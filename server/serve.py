@@ -63,7 +63,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
         print("No weights given: running the tiny embedded default (random weights, abstract pictures). "
               "Use --weights DIR or LONGLIVE_WEIGHTS for LongLive 1.3B.", flush=True)
     return Engine(pipe, prompt=args.prompt, seed=args.seed, lead_blocks=args.lead_blocks,
-                  rewind_bytes=args.rewind_memory << 20)
+                  rewind_bytes=None if args.rewind_memory is None else args.rewind_memory << 20)
 
 
 async def _serve(app, sock: socket.socket, address: str, embedded_default: bool) -> int:
