@@ -24,9 +24,9 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 120) -> subpro
 
 def test_every_subcommand_is_one_row_naming_the_function_its_room_runs():
     parser = cli.build_parser()
-    assert [c.name for c in cli.SUBCOMMANDS] == ["serve", "generate", "bench", "kernels"]
-    rooms = {"serve": "server.serve:run", "generate": "studio.generate:run", "bench": "bench.speed:run",
-             "kernels": "bench.kernel_check:run"}
+    assert [c.name for c in cli.SUBCOMMANDS] == ["serve", "generate", "render", "bench", "kernels"]
+    rooms = {"serve": "server.serve:run", "generate": "studio.generate:run", "render": "studio.render:run",
+             "bench": "bench.speed:run", "kernels": "bench.kernel_check:run"}
     for command in cli.SUBCOMMANDS:
         assert command.run == rooms[command.name]
         assert callable(command.target()) and command.target().__name__ == "run"
