@@ -61,7 +61,24 @@ def _umask() -> int:
     return mask
 
 
-class VideoWriter:
+class _Writer:
+    """`with` closes the file on success and aborts it on an exception."""
+
+    def close(self) -> object: ...
+
+    def abort(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class VideoWriter(_Writer):
     def __init__(self, path: str | Path, width: int, height: int, fps: int, crf: int = 18):
         self.path = Path(path)
         container = check_output(self.path)
@@ -115,14 +132,6 @@ class VideoWriter:
             finally:
                 self._tmp.unlink(missing_ok=True)
 
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class RecordingWriteError(UserError, OSError):
@@ -179,7 +188,7 @@ class _Sink:
         return len(data)
 
 
-class FragmentedVideoWriter:
+class FragmentedVideoWriter(_Writer):
     """H.264 (libx264) in fragmented MP4 written in place as it goes, so a crash or kill -9
     leaves a file that plays up to its last complete fragment.
 
@@ -325,14 +334,6 @@ class FragmentedVideoWriter:
             except OSError:
                 pass
 
-    def __enter__(self) -> "FragmentedVideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def concat_videos(parts: list[Path], output: Path) -> Path:
