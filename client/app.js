@@ -1,18 +1,27 @@
 // The page: connect, show the stream, send what the performer types, show what comes back.
 import { connect } from "./rtc.js";
 import { ControlChannel, PROTOCOL_VERSION } from "./control.js";
+import { encode } from "./vendor/msgpack/index.mjs";
 import * as ui from "./ui.js";
 
 const { els } = ui;
 const DEFAULT_PROMPT_CHARS = 2000;   // until the server's hello says (state.limits.prompt_chars)
+const DEFAULT_MESSAGE_BYTES = 65536; // until the server's hello says (state.limits.message_bytes)
 
 let session = null;     // {pc, channel, session, close}
 let control = null;     // ControlChannel, while its data channel is open
 let state = {};         // the server's state, as last heard
 let retryTimer = null;
 let captionTimer = null;
+let recRequest = null;      // {id, on}: a record command of this page, until the server answers it
+let recSeconds = 0;         // seconds of video recorded, as last heard
+let timelineRequest = null; // {id, name}: the timeline this page sent, until the server acks or refuses it
+let timelineNext = null;    // the file name of the timeline acked, until the state says it plays
+let timelineName = null;    // the file name of the timeline playing, when this page sent it
+let rewindRequest = null;   // {id, segment}
 
 const promptLimit = () => state.limits?.prompt_chars ?? DEFAULT_PROMPT_CHARS;
+const messageLimit = () => state.limits?.message_bytes ?? DEFAULT_MESSAGE_BYTES;
 // the server counts characters (code points) of the trimmed text; so does the page
 const promptLength = (text) => [...text].length;
 
@@ -60,7 +69,7 @@ async function start() {
 
 /** Connected and the control channel open: the state decides the pill. */
 function live() {
-  els.send.disabled = false;
+  ui.setControlsEnabled(true);
   ui.showState(state);
   if (els.video.readyState >= 2 && !els.video.paused) ui.setOverlay(null);
 }
@@ -69,7 +78,7 @@ function live() {
 function lost(why, { retry = true } = {}) {
   ui.setStatus("disconnected", "disconnected");
   ui.setOverlay(`${why} — ${retry ? "reconnecting" : "waiting for it"}…`);
-  els.send.disabled = true;
+  ui.setControlsEnabled(false);
   if (retry) {
     ui.markUnsent("not applied: the connection dropped before the server applied it");
     control = null;
@@ -89,21 +98,52 @@ function wireControl(c) {
   c.on("hello", (msg) => {
     if (msg.protocol !== PROTOCOL_VERSION) ui.showError(`The server speaks protocol ${msg.protocol}, this page ${PROTOCOL_VERSION}.`);
     state = msg.state;
+    // what this page asked for on an earlier connection will not be answered on this one
+    recRequest = timelineRequest = timelineNext = rewindRequest = null;
+    recSeconds = state.recording?.seconds ?? 0;
     ui.showNotice(state);
     ui.showState(state, isLive());
     ui.showHistory(state.prompts ?? []);
     if (state.stats) ui.showStats(state.stats, state.fps);
+    showExtras();
     checkPrompt();
   });
   c.on("state", (msg) => {
     state = { ...state, ...msg.state };
     ui.showState(state, isLive());
+    if (msg.id == null && rewindRequest) {
+      ui.markRewind(rewindRequest.segment, null);
+      rewindRequest = null;
+    }
+    showExtras();                         // (a state comes with every segment kept, so the list is current)
   });
   c.on("stats", (msg) => {
     state.stats = msg;
     ui.showStats(msg, state.fps);
+    if (msg.recording_s != null) recSeconds = msg.recording_s;
+    showRecording();
   });
-  c.on("ack", (msg) => ui.markQueued(msg.id));
+  c.on("ack", (msg) => {
+    ui.markQueued(msg.id);
+    if (rewindRequest && msg.id === rewindRequest.id) ui.markRewind(rewindRequest.segment, "queued");
+    if (timelineRequest && msg.id === timelineRequest.id) {
+      timelineNext = timelineRequest.name;
+      timelineRequest = null;
+    }
+  });
+  c.on("recording", (msg) => {
+    if (msg.status === "started") {
+      state.recording = { name: msg.name, url: msg.url, sidecar: msg.sidecar, frames: msg.frames, seconds: msg.seconds };
+      recSeconds = msg.seconds;
+      if (recRequest?.on === true) recRequest = null;
+    } else {                              // stopped, or failed (an error event says why; what was written is kept)
+      state.recording = null;
+      if (recRequest?.on === false) recRequest = null;
+      ui.showRecordingLinks(msg);
+    }
+    showRecording();
+  });
+  c.on("notice", (msg) => ui.showInfo(msg.message));
   c.on("prompt_applied", (msg) => {
     state.prompt = msg.text;
     ui.addApplied(msg);
@@ -115,8 +155,42 @@ function wireControl(c) {
   c.on("error", (msg) => {
     // a refused prompt: its entry in the list says why (and the message shows too)
     ui.markRejected(msg.id, msg.message);
+    if (msg.id != null && recRequest?.id === msg.id) {
+      recRequest = null;
+      showRecording();
+    }
+    if (msg.id != null && rewindRequest?.id === msg.id) {
+      ui.markRewind(rewindRequest.segment, null);
+      rewindRequest = null;
+    }
+    if (msg.id != null && timelineRequest?.id === msg.id) {
+      const why = msg.message.replace(/^timeline\.timeline: /, "");
+      ui.showError(`The timeline ${timelineRequest.name} was refused: ${why}`);
+      timelineRequest = null;
+      ui.showTimeline(state.timeline, timelineName);
+      return;
+    }
     ui.showError(msg.message);
   });
+}
+
+/** Recording, timeline and segments, from the state (and what this page is waiting for). */
+function showExtras() {
+  showRecording();
+  if (!state.timeline) timelineName = null;
+  else if (timelineNext) {
+    timelineName = timelineNext;
+    timelineNext = null;
+  }
+  if (!timelineRequest) ui.showTimeline(state.timeline, timelineName);
+  ui.showSegments(state.segments ?? []);
+}
+
+function showRecording() {
+  let phase = state.recording ? "recording" : "idle";
+  if (recRequest) phase = recRequest.on ? "starting" : "stopping";
+  if (state.recording?.seconds != null && state.recording.seconds > recSeconds) recSeconds = state.recording.seconds;
+  ui.showRecording(phase, recSeconds);
 }
 
 const isLive = () => control !== null && session?.pc.connectionState === "connected";
@@ -187,10 +261,87 @@ els.seedRandom.addEventListener("click", () => {
   els.seedForm.requestSubmit();
 });
 
+// -- recording ------------------------------------------------------------------------------
+els.record.addEventListener("click", () => {
+  if (recRequest) return;                  // already on its way
+  const on = !state.recording;
+  const id = send("record", { on });
+  if (id) {
+    recRequest = { id, on };
+    if (on) recSeconds = 0;
+  }
+  showRecording();
+});
+
+// -- timelines -------------------------------------------------------------------------------
+const kib = (bytes) => `${Math.ceil(bytes / 1024).toLocaleString("en-US")} KiB`;
+
+function kindOf(value) {
+  if (value === null) return "null";
+  if (Array.isArray(value)) return "a list";
+  return `a ${typeof value}`;
+}
+
+async function playTimelineFile(file) {
+  const limit = messageLimit();
+  const tooLarge = (bytes) =>
+    `${file.name} is ${kib(bytes)}, more than the ${kib(limit)} the server takes in one message, so it was not sent.`;
+  if (file.size > limit) {
+    ui.showError(tooLarge(file.size));
+    return;
+  }
+  let timeline;
+  try {
+    timeline = JSON.parse(await file.text());
+  } catch (err) {
+    ui.showError(`${file.name} is not valid JSON (${err.message}); nothing was sent.`);
+    return;
+  }
+  if (timeline === null || typeof timeline !== "object" || Array.isArray(timeline)) {
+    ui.showError(`${file.name} is not a timeline: it holds ${kindOf(timeline)}, not a JSON object; nothing was sent.`);
+    return;
+  }
+  let bytes;
+  try {
+    bytes = encode({ type: "timeline", id: "x".repeat(32), timeline }).byteLength;
+  } catch (err) {
+    ui.showError(`${file.name} cannot be sent: ${err.message}.`);
+    return;
+  }
+  if (bytes > limit) {
+    ui.showError(tooLarge(bytes));
+    return;
+  }
+  const id = send("timeline", { timeline });
+  if (id) {
+    timelineRequest = { id, name: file.name };
+    ui.showTimelineLoading(file.name);
+  }
+}
+
+els.timelineFile.addEventListener("change", () => {
+  const file = els.timelineFile.files?.[0];
+  els.timelineFile.value = "";             // picking the same file again plays it again
+  if (file) playTimelineFile(file);
+});
+
+els.timelineStop.addEventListener("click", () => send("timeline", { timeline: null }));
+
+// -- rewind ----------------------------------------------------------------------------------
+ui.onRewindClick((segment) => {
+  const id = send("rewind", { segment });
+  if (id) {
+    if (rewindRequest) ui.markRewind(rewindRequest.segment, null);
+    rewindRequest = { id, segment };
+    ui.markRewind(segment, "sending");
+  }
+});
+
 // hide the overlay once pictures arrive (and the connection is up)
 els.video.addEventListener("playing", () => { if (isLive()) ui.setOverlay(null); });
 window.addEventListener("pagehide", () => session?.close());
 
-els.send.disabled = true;
+ui.setControlsEnabled(false);
+showRecording();
 checkPrompt();
 start();

@@ -9,6 +9,11 @@ export const els = {
   error: $("error"), applied: $("applied"),
   generated: $("stat-generated"), delivered: $("stat-delivered"), rates: $("stat-rates"), stall: $("stat-stall"),
   latency: $("stat-latency"), block: $("stat-block"), viewers: $("stat-viewers"),
+  record: $("record"), recIndicator: $("rec-indicator"), recTime: $("rec-time"),
+  recordingLinks: $("recording-links"), recordingLink: $("recording-link"), recordingTimeline: $("recording-timeline"),
+  recordingLength: $("recording-length"),
+  timelineFile: $("timeline-file"), timelineStop: $("timeline-stop"), timelineState: $("timeline-state"),
+  info: $("info"), segments: $("segments"),
 };
 
 const HINT = "Enter ↵ to switch";
@@ -196,4 +201,130 @@ export function addApplied(p) {
 /** The connection dropped: what was still on its way may never be applied. */
 export function markUnsent(message) {
   for (const li of els.applied.querySelectorAll("li.pending")) settle(li, "rejected", message);
+}
+
+// -- recording ------------------------------------------------------------------------------------------
+const RECORDINGS = "/api/recordings/";
+
+/** Seconds as mm:ss (h:mm:ss from an hour on). */
+export function elapsed(seconds) {
+  const s = Math.max(0, Math.floor(seconds ?? 0));
+  const two = (n) => String(n).padStart(2, "0");
+  const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60);
+  return h ? `${h}:${two(m)}:${two(s % 60)}` : `${two(m)}:${two(s % 60)}`;
+}
+
+/**
+ * The Record button and the indicator. `phase`: "idle", "starting", "recording" or "stopping";
+ * `seconds`: of video recorded so far (while recording).
+ */
+export function showRecording(phase, seconds = 0) {
+  const on = phase === "recording" || phase === "stopping";
+  els.record.textContent = phase === "starting" ? "Starting…" : phase === "stopping" ? "Saving…"
+    : on ? "Stop recording" : "Record";
+  els.record.setAttribute("aria-pressed", on ? "true" : "false");
+  els.record.dataset.phase = phase;
+  els.record.disabled = phase === "starting" || phase === "stopping" || !controlsEnabled;
+  els.recIndicator.hidden = !on;
+  els.recIndicator.dataset.phase = phase;
+  if (on) els.recTime.textContent = phase === "stopping" ? `${elapsed(seconds)} · saving` : elapsed(seconds);
+}
+
+/** A finished (or failed) recording: links to download its video and its timeline. */
+export function showRecordingLinks(rec) {
+  els.recordingLink.href = rec.url;
+  els.recordingLink.textContent = rec.name;
+  els.recordingTimeline.href = RECORDINGS + encodeURIComponent(rec.sidecar);
+  els.recordingTimeline.textContent = rec.sidecar;
+  els.recordingLength.textContent = `(${elapsed(rec.seconds)}, ${count(rec.frames)} frames)`;
+  els.recordingLinks.hidden = false;
+}
+
+// -- timeline -------------------------------------------------------------------------------------------
+const TIMELINE_HINT = "a Scope v2.0 timeline (.json) or a recording's .timeline.json";
+
+/** Whether a timeline plays (state.timeline), and which segment of it; `name`: its file, when this page sent it. */
+export function showTimeline(timeline, name) {
+  els.timelineStop.hidden = !timeline;
+  if (!timeline) {
+    els.timelineState.textContent = TIMELINE_HINT;
+    return;
+  }
+  const at = Math.min(timeline.segments, timeline.segments - timeline.left);
+  els.timelineState.textContent = `playing ${name ?? "a timeline"}: segment ${at} of ${timeline.segments}, ` +
+    `${Math.round(timeline.duration)} s`;
+}
+
+export function showTimelineLoading(name) {
+  els.timelineState.textContent = `sending ${name}…`;
+}
+
+// -- notices: things to know that are not errors -----------------------------------------------------------
+const NOTICE_MS = 12000;
+const NOTICES = 3;
+
+export function showInfo(message) {
+  const p = document.createElement("p");
+  p.textContent = message;
+  els.info.append(p);
+  while (els.info.children.length > NOTICES) els.info.firstElementChild.remove();
+  setTimeout(() => p.remove(), NOTICE_MS);
+}
+
+// -- segments: the rewind points the server keeps ------------------------------------------------------------
+const SEGMENT_CHARS = 80;
+let controlsEnabled = false;
+let onRewind = () => {};
+
+const truncate = (text, n) => {
+  const chars = [...text];
+  return chars.length <= n ? text : `${chars.slice(0, n - 1).join("").trimEnd()}…`;
+};
+
+/** `callback(segment)` when the performer asks to rewind to a segment. */
+export function onRewindClick(callback) {
+  onRewind = callback;
+}
+
+function segmentItem(seg) {
+  const li = entry(truncate(seg.prompt, SEGMENT_CHARS), `segment ${seg.segment} · ${clock(seg.time)} · block ${seg.block}`);
+  li.dataset.segment = String(seg.segment);
+  li.title = seg.prompt;
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "rewind";
+  button.textContent = "↺";
+  button.title = "rewind to this segment";
+  button.setAttribute("aria-label", `rewind to segment ${seg.segment}: ${truncate(seg.prompt, SEGMENT_CHARS)}`);
+  button.disabled = !controlsEnabled;
+  button.addEventListener("click", () => onRewind(seg.segment));
+  li.prepend(button);
+  return li;
+}
+
+/** Rebuild the list from the state's `segments` (oldest first), unless it is the same. */
+export function showSegments(segments) {
+  const key = JSON.stringify(segments.map((s) => [s.segment, s.prompt]));
+  if (els.segments.dataset.key === key) return;
+  els.segments.dataset.key = key;
+  els.segments.replaceChildren(...segments.map(segmentItem));
+}
+
+/** A rewind to `segment` was sent (`state`: "sending") or queued ("queued"); null: no rewind is on its way. */
+export function markRewind(segment, state) {
+  for (const li of els.segments.children) {
+    if (state && li.dataset.segment === String(segment)) li.dataset.rewind = state;
+    else delete li.dataset.rewind;
+  }
+}
+
+// -- connected or not: what can be sent ----------------------------------------------------------------------
+export function setControlsEnabled(on) {
+  controlsEnabled = on;
+  els.send.disabled = !on;
+  els.timelineFile.disabled = !on;
+  els.timelineStop.disabled = !on;
+  for (const b of els.segments.querySelectorAll("button")) b.disabled = !on;
+  if (!on) els.record.disabled = true;
+  else if (els.record.dataset.phase !== "starting" && els.record.dataset.phase !== "stopping") els.record.disabled = false;
 }

@@ -601,7 +601,9 @@ class Engine:
                                 prompt=self._prompt, time=time.time(), lineage=self._lineage,
                                 embedding=self._embedding, snapshot=snap, nbytes=int(getattr(snap, "nbytes", 0)))
             kept = self.rewind.put(point)
-        if not kept and not self._rewind_said:
+        if kept:
+            self.emit(StateEvent(state=self._state_delta()))     # every client's segment list
+        elif not self._rewind_said:
             self._rewind_said = True
             log.warning("a rewind snapshot takes %.0f MiB, more than the rewind memory (%.0f MiB): rewind is off",
                         point.nbytes / 2**20, self.rewind.max_bytes / 2**20)
@@ -660,7 +662,10 @@ class Engine:
                 self._prompt, self._embedding = text, embedding
             self._lineage = self._lineage.with_prompt(self._stream_block, text)
             self._new_segment = True
-            self._history_entry(play.command.id, text)
+            done: Future = Future()
+            done.set_result(Encoded(embedding, 0.0))
+            # its first block gets a prompt_applied, like a sent prompt (with the timeline command's id)
+            self._switched = _PendingPrompt(PromptCommand(text=text, id=play.command.id), self._clock(), done)
             switched = True
         if play.entries and play.job is None and not self._asked and self._newest is None:
             text = play.entries[0][1]     # encoded ahead (never while a sent prompt waits: the newest request wins)
@@ -770,12 +775,6 @@ class Engine:
                                   "latency_ms": event.latency_ms, "time": event.time})
         log.info("prompt applied at block %d (%.0f ms): %r", event.block, event.latency_ms, event.text)
         self.emit(event)
-
-    def _history_entry(self, rid: RequestIdValue, text: str) -> None:
-        """A prompt the timeline switched to, in the state's prompt history."""
-        with self._cond:
-            self._history.append({"id": rid, "text": text, "block": self._stream_block, "frame": self.bus.next_seq,
-                                  "latency_ms": 0.0, "time": time.time()})
 
     def _state_delta(self) -> dict[str, Any]:
         s = self.state()

@@ -10,9 +10,11 @@ runs no mDNS responder, which would announce its names by multicast on the LAN.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -83,11 +85,29 @@ def require_browser() -> None:
 
 
 @pytest.fixture(scope="module")
-def server():
+def recordings(tmp_path_factory) -> Path:
+    """The folder the page's Record button writes to (the server's --recordings)."""
+    return tmp_path_factory.mktemp("recordings")
+
+
+@pytest.fixture(scope="module")
+def server(recordings):
     require_browser()
-    proc, url = start_server("--prompt", "opening scene")
+    proc, url = start_server("--prompt", "opening scene", "--recordings", str(recordings))
     yield url
     stop_server(proc)
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        assert r.status == 200, (url, r.status)
+        return r.read()
+
+
+def timeline_file(name: str, obj: object) -> dict:
+    """A file for the page's timeline picker (page.set_input_files)."""
+    data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
+    return {"name": name, "mimeType": "application/json", "buffer": data}
 
 
 def test_page_plays_video_and_switches_prompts(server, tmp_path):
@@ -217,6 +237,117 @@ def test_page_says_what_became_of_every_prompt(server):
         assert not errors, errors
 
     asyncio.run(main())
+
+
+def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path):
+    """Record on, switch, Record off: the video and its timeline download from the page's links;
+    a timeline file from the picker plays (the server switches at its times); a segment's ↺ rewinds."""
+    import av
+    from playwright.async_api import async_playwright
+
+    switched = "a lantern drifting over dunes"
+    first, second = "timeline: a red kite over a harbour", "timeline: a blue whale under ice"
+    timeline = {"version": "2.0", "prompts": [
+        {"startTime": 0, "endTime": 3, "prompts": [{"text": first, "weight": 100}]},
+        {"startTime": 3, "endTime": 600, "prompts": [{"text": second, "weight": 100}]}]}
+    error = "document.getElementById('error').textContent"
+    now = "document.getElementById('now').textContent"
+
+    async def main() -> tuple[str, str]:
+        errors: list[str] = []
+        async with async_playwright() as p:
+            browser = await launch(p)
+            try:
+                page = await open_page(browser, server, errors)
+                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                await page.wait_for_function("!document.getElementById('record').disabled")
+
+                # -- Record on: the button says so and the indicator counts seconds of video
+                assert await page.inner_text("#record") == "Record"
+                assert await page.get_attribute("#record", "aria-pressed") == "false"
+                assert await page.is_hidden("#rec-indicator")
+                await page.click("#record")
+                await page.wait_for_selector("#rec-indicator", state="visible", timeout=10_000)
+                await page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
+                assert await page.get_attribute("#record", "aria-pressed") == "true"
+                await page.wait_for_function("(t => /^\\d\\d:\\d\\d$/.test(t) && t !== '00:00')"
+                                             "(document.getElementById('rec-time').textContent)", timeout=15_000)
+                OUTPUT.mkdir(parents=True, exist_ok=True)
+                await page.screenshot(path=str(OUTPUT / "recording.png"))
+
+                # -- a prompt switched while recording
+                await page.fill("#prompt", switched)
+                await page.press("#prompt", "Enter")
+                await page.locator("#applied li.applied", has_text=switched).wait_for(timeout=30_000)
+                await asyncio.sleep(1.0)           # another block or so under it
+
+                # -- Record off: links to the video and its timeline
+                await page.click("#record")
+                await page.wait_for_selector("#recording-link", state="visible", timeout=30_000)
+                assert await page.is_hidden("#rec-indicator")
+                assert await page.inner_text("#record") == "Record"
+                assert await page.get_attribute("#record", "aria-pressed") == "false"
+                video_href = await page.get_attribute("#recording-link", "href")
+                video_name = await page.inner_text("#recording-link")
+                sidecar_href = await page.get_attribute("#recording-timeline", "href")
+                assert video_href.endswith("/" + video_name) and video_name.endswith(".mp4"), (video_href, video_name)
+                assert sidecar_href.endswith(".timeline.json"), sidecar_href
+
+                # -- timeline files the page refuses itself, with a sentence in #error, nothing sent
+                await page.set_input_files("#timeline-file", files=[timeline_file("bad.json", b"{not json")])
+                await page.wait_for_function(f"{error}.includes('bad.json is not valid JSON')", timeout=5_000)
+                assert await page.is_visible("#error") and await page.is_hidden("#timeline-stop")
+                limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["message_bytes"]
+                big = json.dumps({**timeline, "padding": "x" * limit}).encode()
+                await page.set_input_files("#timeline-file", files=[timeline_file("big.json", big)])
+                await page.wait_for_function(f"{error}.includes('big.json is') && {error}.includes('not sent')",
+                                             timeout=5_000)
+                # ... and one the server refuses: its message names the field
+                await page.set_input_files("#timeline-file", files=[timeline_file("empty.json", {"prompts": []})])
+                await page.wait_for_function(f"{error}.includes('empty.json was refused') && "
+                                             f"{error}.includes('prompts must list at least one segment')",
+                                             timeout=10_000)
+                assert (await page.evaluate("fetch('/api/state').then(r => r.json())"))["timeline"] is None
+
+                # -- a timeline from the picker: it plays, and the server switches to its second prompt
+                await page.set_input_files("#timeline-file", files=[timeline_file("t.json", timeline)])
+                await page.wait_for_selector("#timeline-stop", state="visible", timeout=15_000)
+                assert "t.json" in await page.inner_text("#timeline-state")
+                await page.locator("#segments li", has_text=first).wait_for(timeout=30_000)
+                await page.locator("#segments li", has_text=second).wait_for(timeout=30_000)
+                await page.wait_for_function(f"{now} === {json.dumps(second)}", timeout=10_000)
+
+                # -- ↺ on the timeline's first segment: the stream goes back to it, the timeline stops
+                button = page.locator("#segments li", has_text=first).locator("button")
+                assert await button.get_attribute("title") == "rewind to this segment"
+                await button.click()
+                await page.wait_for_function(f"{now} === {json.dumps(first)}", timeout=15_000)
+                await page.wait_for_selector("#timeline-stop", state="hidden", timeout=10_000)
+                await page.locator("#info p", has_text="timeline stopped").wait_for(timeout=10_000)   # a notice
+                assert await page.inner_text("#status") == "live"
+                await page.screenshot(path=str(OUTPUT / "record-timeline-rewind.png"))
+            finally:
+                await browser.close()
+        assert not errors, errors
+        return video_href, sidecar_href
+
+    video_href, sidecar_href = asyncio.run(main())
+
+    # the video the link points at: in the server's recordings folder, decodes, the stream's size
+    data = fetch(server + video_href)
+    assert data == (recordings / video_href.rsplit("/", 1)[1]).read_bytes()
+    path = tmp_path / "recording.mp4"
+    path.write_bytes(data)
+    with av.open(str(path)) as container:
+        frames = [f for f in container.decode(video=0)]
+    assert len(frames) > 0
+    assert {(f.width, f.height) for f in frames} == {(320, 192)}
+
+    # its timeline: at least two segments, the switched prompt among them
+    sidecar = json.loads(fetch(server + sidecar_href))
+    texts = [item["text"] for seg in sidecar["prompts"] for item in seg["prompts"]]
+    assert len(sidecar["prompts"]) >= 2, sidecar["prompts"]
+    assert switched in texts, texts
 
 
 def test_page_says_at_once_when_the_server_goes_away():

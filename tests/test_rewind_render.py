@@ -17,7 +17,7 @@ import pytest
 
 from server.block_sink import BlockSink
 from server.engine import Engine
-from server.protocol import ErrorEvent, PromptCommand, RewindCommand, SeedCommand
+from server.protocol import ErrorEvent, PromptCommand, RewindCommand, SeedCommand, StateEvent
 from streaming.config import load_config
 from streaming.pipeline import VideoPipeline
 from studio.render import CHUNK_BLOCKS, Renderer, make_plan
@@ -106,6 +106,9 @@ def test_rewind_then_continue_equals_a_fresh_run_with_the_same_switches(session)
     session.generate(2)                                # segment 2: C from block 5
     segments = session.engine.state().segments
     assert [(s["segment"], s["block"], s["prompt"]) for s in segments] == [(0, 0, A), (1, 2, B), (2, 5, C)]
+    # every client heard of each segment as it was kept
+    heard = [[p["prompt"] for p in e.state["segments"]] for e in session.events if isinstance(e, StateEvent)]
+    assert heard == [[A], [A, B], [A, B, C]]
 
     session.send(RewindCommand(segment=1))
     replay = session.generate(2)                       # back at block 2 under B, the same noise: a replay

@@ -3,7 +3,7 @@ prompt) returns to manual control. The fake pipeline logs every call, the clock 
 
 from __future__ import annotations
 
-from server.protocol import Notice, PromptCommand, TimelineCommand, read_command
+from server.protocol import Notice, PromptApplied, PromptCommand, TimelineCommand, read_command
 from studio.timeline import Timeline
 from test_engine import blocks_called, make_engine, run_until_idle, settle
 
@@ -45,6 +45,9 @@ def test_a_timeline_restarts_the_stream_and_switches_at_its_block_boundaries():
     assert notices == ["1 segment blends several prompts; until blending lands it plays its highest-weight prompt",
                        "the timeline finished; back to manual control"]
     assert engine.state().timeline is None and engine.state().seed == 42
+    # each switch is announced like a sent prompt's, with the timeline command's id
+    assert [(e.id, e.text, e.block) for e in events if isinstance(e, PromptApplied)] == [("t", "rain", 2),
+                                                                                        ("t", "dusk", 3)]
 
 
 def test_stop_and_a_sent_prompt_return_to_manual_control():
