@@ -157,7 +157,7 @@ def make_plan(timeline: Timeline, recipe: Recipe | None, cfg: Any, seed: int | N
         if seed is not None:
             runs = tuple(Run(Lineage(r.lineage.prompt, seed, r.lineage.changes), r.first_block, r.blocks)
                          for r in runs)
-        frames = None
+        frames = recipe.total_frames        # a render's sidecar may end in a cut block
         first_seed = runs[0].lineage.seed
     else:
         schedule = timeline.schedule(clock)
@@ -289,10 +289,14 @@ class Renderer:
             return
         self.pipe.start(lineage.prompt, lineage.seed)
         self._apply(lineage, 0)
-        for b in range(block):
-            self.pipe.next_frames()
-            self._apply(lineage, b + 1)
-            self._keep(lineage, b + 1)
+        # the blocks before the run (a recording that began mid-stream) are made again, unseen
+        with tqdm(total=block, unit="block", desc="catch up", file=sys.stderr, disable=None if block else True,
+                  leave=False) as bar:
+            for b in range(block):
+                self.pipe.next_frames()
+                self._apply(lineage, b + 1)
+                self._keep(lineage, b + 1)
+                bar.update(1)
 
     def _apply(self, lineage: Lineage, block: int) -> None:
         """The changes that take effect at `block`, at the boundary before it."""
