@@ -299,7 +299,10 @@ class Timeline:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write atomically (a temporary file beside it, fsync, rename) with permissions 0666 less the umask."""
         path = Path(path)
-        data = (self.to_json() + "\n").encode("utf-8")
+        try:
+            data = (self.to_json() + "\n").encode("utf-8")
+        except UnicodeEncodeError:   # a lone surrogate (JSON's "\ud800") has no UTF-8: escape it
+            data = (json.dumps(self.to_scope(), indent=2, allow_nan=False) + "\n").encode("ascii")
         tmp: str | None = None
         try:
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)

@@ -435,6 +435,13 @@ def test_a_failed_save_keeps_the_old_file_and_leaves_nothing_behind(tmp_path, mo
     assert [p.name for p in tmp_path.iterdir()] == ["t.json"]
 
 
+def test_save_escapes_a_lone_surrogate_it_cannot_write_as_utf8(tmp_path):
+    t = Timeline.from_json('{"prompts": [{"startTime": 0, "endTime": 1, "prompts": [{"text": "a \\ud83d fox"}]}]}')
+    assert t.segments[0].prompts[0].text == "a \ud83d fox"
+    path = t.save(tmp_path / "t.json")
+    assert "\\ud83d" in path.read_text() and Timeline.load(path) == t
+
+
 def test_save_into_a_missing_folder_names_the_path(tmp_path):
     target = tmp_path / "no" / "t.json"
     with pytest.raises(TimelineError, match=f"^cannot write timeline file {target}: No such file or directory$"):
