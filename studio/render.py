@@ -307,6 +307,8 @@ class Renderer:
                 self.pipe.reseed_noise(change.noise_seed)
 
     def _keep(self, lineage: Lineage, block: int) -> None:
+        if not self._wanted:              # (most renders: one run, nothing to keep)
+            return
         key = (lineage.until(block), block)
         if key in self._wanted and key not in self._snapshots:
             self._snapshots[key] = self.pipe.snapshot("cpu")
