@@ -30,7 +30,7 @@ FORBIDDEN = {
     "kernels": SERVER_LIBRARIES | {"asyncio"},
     "streaming": SERVER_LIBRARIES | {"asyncio"},
     "bench": SERVER_LIBRARIES | {"asyncio"},
-    "studio": SERVER_LIBRARIES - {"av"} | {"asyncio"},     # writes video files, runs no event loop
+    "studio": SERVER_LIBRARIES - {"av", "anthropic"} | {"asyncio"},   # video files and the enhancer; no event loop
     "longlive": SERVER_LIBRARIES | {"asyncio", "torch"},     # the table only: --help stays instant
 }
 
