@@ -19,6 +19,7 @@ let timelineRequest = null; // {id, name}: the timeline this page sent, until th
 let timelineNext = null;    // the file name of the timeline acked, until the state says it plays
 let timelineName = null;    // the file name of the timeline playing, when this page sent it
 let rewindRequest = null;   // {id, segment}
+let enhanceRequest = null;  // {id, text}: the enhance this page is waiting for
 
 const promptLimit = () => state.limits?.prompt_chars ?? DEFAULT_PROMPT_CHARS;
 const messageLimit = () => state.limits?.message_bytes ?? DEFAULT_MESSAGE_BYTES;
@@ -105,12 +106,14 @@ function wireControl(c) {
     ui.showState(state, isLive());
     ui.showHistory(state.prompts ?? []);
     if (state.stats) ui.showStats(state.stats, state.fps);
+    ui.showEnhancer(state.enhancer);
     showExtras();
     checkPrompt();
   });
   c.on("state", (msg) => {
     state = { ...state, ...msg.state };
     ui.showState(state, isLive());
+    ui.showEnhancer(state.enhancer);
     if (msg.id == null && rewindRequest) {
       ui.markRewind(rewindRequest.segment, null);
       rewindRequest = null;
@@ -144,6 +147,13 @@ function wireControl(c) {
     showRecording();
   });
   c.on("notice", (msg) => ui.showInfo(msg.message));
+  c.on("enhanced", (msg) => {
+    if (!enhanceRequest || msg.id !== enhanceRequest.id) return;   // an older request, overtaken
+    enhanceRequest = null;
+    ui.showReview(msg);
+    if (msg.error) ui.showInfo(msg.error);
+    els.reviewText.focus();
+  });
   c.on("prompt_applied", (msg) => {
     state.prompt = msg.text;
     ui.addApplied(msg);
@@ -230,11 +240,54 @@ els.form.addEventListener("submit", (ev) => {
     checkPrompt();
     return;
   }
+  if (els.enhance.checked) {
+    askEnhance(text);
+    return;
+  }
+  sendPrompt(text);
+});
+
+function sendPrompt(text) {
   const id = send("prompt", { text });
   if (id) {
     ui.showPending(id, text);
     els.prompt.select();
   }
+  return id;
+}
+
+// -- AI enhancement: the rewrite is reviewed before it goes live ----------------------------
+function askEnhance(text) {
+  const id = send("enhance", { text });
+  if (id) {
+    enhanceRequest = { id, text };
+    ui.showReview({ waiting: text });
+  }
+}
+
+els.reviewAccept.addEventListener("click", () => {
+  const text = els.reviewText.value.trim();
+  if (!text) {
+    ui.showError("The enhanced prompt is empty: edit it or cancel.");
+    return;
+  }
+  if (promptLength(text) > promptLimit()) {
+    ui.showError(`The enhanced prompt is ${promptLength(text)} characters long; the server takes at most ${promptLimit()}.`);
+    return;
+  }
+  if (sendPrompt(text)) ui.showReview(null);
+});
+els.reviewRegen.addEventListener("click", () => {
+  const input = els.reviewInput.textContent.replace(/^You wrote: /, "");
+  askEnhance(input);
+});
+els.reviewEdit.addEventListener("click", () => {
+  els.reviewText.focus();
+  els.reviewText.setSelectionRange(els.reviewText.value.length, els.reviewText.value.length);
+});
+els.reviewCancel.addEventListener("click", () => {
+  enhanceRequest = null;
+  ui.showReview(null);
 });
 
 els.prompt.addEventListener("keydown", (ev) => {

@@ -14,6 +14,9 @@ export const els = {
   recordingLength: $("recording-length"),
   timelineFile: $("timeline-file"), timelineStop: $("timeline-stop"), timelineState: $("timeline-state"),
   info: $("info"), segments: $("segments"),
+  enhance: $("enhance"), review: $("review"), reviewInput: $("review-input"), reviewText: $("review-text"),
+  reviewMeta: $("review-meta"), reviewAccept: $("review-accept"), reviewRegen: $("review-regen"),
+  reviewEdit: $("review-edit"), reviewCancel: $("review-cancel"),
 };
 
 const HINT = "Enter ↵ to switch";
@@ -327,4 +330,31 @@ export function setControlsEnabled(on) {
   for (const b of els.segments.querySelectorAll("button")) b.disabled = !on;
   if (!on) els.record.disabled = true;
   else if (els.record.dataset.phase !== "starting" && els.record.dataset.phase !== "stopping") els.record.disabled = false;
+}
+
+/** Whether the server can enhance (state.enhancer); the toggle says why when it cannot. */
+export function showEnhancer(enhancer) {
+  const available = Boolean(enhancer?.available);
+  els.enhance.disabled = !available;
+  if (!available) els.enhance.checked = false;
+  els.enhance.parentElement.title = available
+    ? "have the AI rewrite the prompt first; you review it before it goes live"
+    : (enhancer?.notice ?? "this server has no AI enhancement");
+}
+
+/** The review panel: null hides it; {waiting: text} says the AI is at work; else the `enhanced` message. */
+export function showReview(r) {
+  els.review.hidden = r === null;
+  if (r === null) return;
+  const busy = Boolean(r.waiting);
+  for (const b of [els.reviewAccept, els.reviewRegen, els.reviewEdit]) b.disabled = busy;
+  els.reviewInput.textContent = `You wrote: ${busy ? r.waiting : r.input}`;
+  if (busy) {
+    els.reviewMeta.textContent = "The AI is rewriting it…";
+    return;
+  }
+  els.reviewText.value = r.text;
+  els.reviewMeta.textContent = r.source === "ai"
+    ? `${r.input_tokens} + ${r.output_tokens} tokens, about $${r.cost_usd.toFixed(4)}, ${Math.round(r.ms)} ms`
+    : (r.error ?? "Not rewritten: this is your text as written.");
 }

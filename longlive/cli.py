@@ -125,6 +125,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder the Record button writes to (default: ./recordings)")
     p.add_argument("--record", type=Path, default=None, metavar="DIR",
                    help="record from the start into DIR (it becomes the recordings folder)")
+    p.add_argument("--no-ai", action="store_true",
+                   help="no AI prompt enhancement (default: on when ANTHROPIC_API_KEY is set)")
     p.add_argument("--rewind-memory", type=megabytes, default=None, metavar="MiB",
                    help="host memory for rewind snapshots, one per prompt segment, oldest dropped first "
                         "(default: a quarter of this machine's memory; 0 turns rewind off)")
@@ -148,6 +150,30 @@ def add_render_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resolution", type=resolution, default=None, metavar="WxH",
                    help="frame size (default: the timeline's; adjusted to the nearest the model can make)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted render of the same output")
+    _model_arguments(p)
+
+
+def add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("story", help="the story, in a sentence or a page")
+    p.add_argument("--seconds", type=seconds, default=60.0, help="length of the video (default 60)")
+    p.add_argument("-o", "--output", type=Path, default=Path("timeline.json"),
+                   help="the timeline to write (default timeline.json)")
+    p.add_argument("--segments", type=positive_int, default=None,
+                   help="how many prompt segments (default: one per 8 seconds)")
+    p.add_argument("--seed", type=seed, default=None, help="noise seed written into the timeline's settings")
+
+
+def add_interactive_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--chunk-duration", type=seconds, default=10.0, metavar="SECONDS",
+                   help="length of each chunk (default 10), rounded up to whole generator blocks")
+    p.add_argument("--max-chunks", type=positive_int, default=6, help="most chunks in the video (default 6)")
+    p.add_argument("--seed", type=seed, default=42,
+                   help="noise seed (default 42): the same seed and the same prompts give the same video")
+    p.add_argument("--output-dir", type=Path, default=Path("."), metavar="DIR",
+                   help="folder for the session folder session_YYYYMMDD_HHMMSS/ (default: the current folder)")
+    p.add_argument("--no-ai", action="store_true", help="use every prompt as written (no AI prompt enhancement)")
+    p.add_argument("--timeline", type=Path, default=None, metavar="FILE",
+                   help="a timeline (from longlive plan, a recording, Scope) as the chunk plan: one prompt per chunk")
     _model_arguments(p)
 
 
@@ -178,6 +204,10 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("generate", "render a prompt to a video file, offline", add_generate_arguments, "studio.generate:run"),
     Subcommand("render", "render a timeline (a recording's or Scope's) to a video file, offline and exactly",
                add_render_arguments, "studio.render:run"),
+    Subcommand("interactive", "make a video chunk by chunk at the terminal, one prompt per chunk, with going back",
+               add_interactive_arguments, "studio.interactive:run"),
+    Subcommand("plan", "have an LLM split a story into timed prompt segments: a timeline to play or render",
+               add_plan_arguments, "studio.plan:run"),
     Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, "bench.speed:run"),
     Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
                           "report registers, spills and shared memory", add_kernels_arguments,

@@ -32,7 +32,7 @@ from studio.sidecar import Source
 
 from .control import ControlHub, ServerInfo, WebSocketEndpoint
 from .engine import Engine
-from .protocol import ProtocolError, RecordCommand, parse_command
+from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
 from .webrtc import OfferError, SessionManager
 
@@ -56,7 +56,7 @@ STATIC_ROOT = web.AppKey("static_root", Path)
 
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
                host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
-               record: bool = False) -> web.Application:
+               record: bool = False, enhancer: Any = None) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
     offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
     Recordings go to the folder `recordings`; `record` starts one with the stream."""
@@ -65,7 +65,7 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
                       width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
     recorder = Recorder(engine, recordings, lambda: stream_source(engine, info.config))
-    hub = ControlHub(engine, info, recorder=recorder)
+    hub = ControlHub(engine, info, recorder=recorder, enhancer=enhancer)
     sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host)
     hub.viewers = sessions
 
@@ -176,8 +176,7 @@ async def prompt(request: web.Request) -> web.Response:
         command = parse_command({**body, "type": "prompt"})
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
-    replies: list[dict[str, Any]] = []
-    request.app[HUB].dispatch(command, lambda event: replies.append(event.to_wire()))
+    replies = await _dispatch(request.app[HUB], command)
     if replies[0]["type"] == "error":     # refused: the engine is restarting, stopped or has a full queue
         return web.json_response(replies[0], status=503, headers={"Retry-After": "1"})
     return web.json_response(replies[0], status=202)
@@ -192,8 +191,9 @@ async def command(request: web.Request) -> web.Response:
         cmd = parse_command(body)
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
-    replies: list[dict[str, Any]] = []
-    request.app[HUB].dispatch(cmd, lambda event: replies.append(event.to_wire()))
+    if isinstance(cmd, EnhanceCommand):
+        return web.json_response((await request.app[HUB].enhance(cmd)).to_wire())
+    replies = await _dispatch(request.app[HUB], cmd)
     reply = replies[0]
     if reply["type"] != "error":
         return web.json_response(reply, status=202 if reply["type"] == "ack" else 200)
@@ -246,6 +246,18 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
+async def _dispatch(hub: ControlHub, command: Any) -> list[dict[str, Any]]:
+    """The hub's replies to one command, as JSON maps: the first is the ack or the error. A prompt with
+    enhance: true is rewritten first (the reply then carries the rewrite as "enhanced")."""
+    enhanced = None
+    if isinstance(command, PromptCommand) and command.enhance:
+        enhanced = (await hub.enhance(command)).to_wire()
+        command = PromptCommand(id=command.id, text=enhanced["text"])
+    replies: list[dict[str, Any]] = []
+    hub.dispatch(command, lambda event: replies.append(event.to_wire()))
+    if enhanced is not None:
+        replies[0] = {**replies[0], "enhanced": enhanced}
+    return replies
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()

@@ -28,8 +28,9 @@ from aiohttp import web
 from aiortc import RTCDataChannel
 
 from .engine import CommandRefused, Engine
-from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, Command, ErrorEvent, Event, Hello,
-                       ProtocolError, RecordCommand, StateEvent, Stats, StatusCommand, encode, read_command)
+from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, Command, EnhanceCommand,
+                       EnhancedEvent, ErrorEvent, Event, Hello, PromptCommand, ProtocolError, RecordCommand,
+                       RewindCommand, StateEvent, Stats, StatusCommand, encode, read_command)
 from .recorder import Recorder, RecordingError
 
 log = logging.getLogger(__name__)
@@ -139,11 +140,14 @@ class WebSocketEndpoint(Endpoint):
 
 class ControlHub:
     def __init__(self, engine: Engine, info: ServerInfo, *, viewers: ViewerSource | None = None,
-                 stats_interval: float = 1.0, recorder: Recorder | None = None):
+                 stats_interval: float = 1.0, recorder: Recorder | None = None, enhancer: Any = None):
         self.engine = engine
         self.info = info
         self.viewers = viewers
         self.recorder = recorder
+        self.enhancer = enhancer          # server.enhance.AsyncPromptEnhancer (None: no AI enhancement)
+        self._marks: list[tuple[int, int]] = []   # (blocks generated when a prompt joined the history, mark before)
+        self._tasks: set[asyncio.Task] = set()
         self.stats_interval = stats_interval
         self._endpoints: set[Endpoint] = set()
         self._unsubscribe: Callable[[], None] | None = None
@@ -154,8 +158,14 @@ class ControlHub:
     async def start(self) -> None:
         self._unsubscribe = self.engine.subscribe(self.broadcast, asyncio.get_running_loop())
         self._stats_task = asyncio.create_task(self._stats_loop(), name="longlive-stats")
+        if self.enhancer is not None:
+            self.enhancer.session.set_grounding(self.engine.state().prompt)   # the stream's first prompt anchors it
+            if self.enhancer.notice:
+                log.info("%s", self.enhancer.notice)
 
     async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._unsubscribe:
             self._unsubscribe()
             self._unsubscribe = None
@@ -218,12 +228,57 @@ class ControlHub:
         if isinstance(command, RecordCommand):
             self._record(command, reply)
             return
+        if isinstance(command, EnhanceCommand) or (isinstance(command, PromptCommand) and command.enhance):
+            self._spawn(self._enhance_and_reply(command, reply))
+            return
+        self._submit(command, reply)
+
+    def _submit(self, command: Command, reply: Callable[[Event], None]) -> None:
+        blocks = self.engine.state().blocks
         try:
             self.engine.submit(command)
         except CommandRefused as e:
             reply(ErrorEvent(id=command.id, message=str(e)))
             return
         reply(Ack(id=command.id, command=command.TYPE))
+        if self.enhancer is not None and isinstance(command, PromptCommand):
+            # every prompt that goes live joins the enhancer's history, so later rewrites stay consistent
+            self._marks.append((blocks, self.enhancer.session.mark()))
+            self.enhancer.session.accept(command.text)
+        elif self.enhancer is not None and isinstance(command, RewindCommand):
+            self._revert_history(command.segment)
+
+    # -- AI enhancement ----------------------------------------------------------------------------
+    async def enhance(self, command: EnhanceCommand | PromptCommand) -> EnhancedEvent:
+        """The AI's rewrite of a command's text (the text itself when there is no enhancer or it fails)."""
+        if self.enhancer is None or not self.enhancer.available:
+            return EnhancedEvent(id=command.id, input=command.text, text=command.text, source="raw",
+                                 error=None if self.enhancer is None else self.enhancer.notice)
+        res = await self.enhancer.enhance(command.text)
+        return EnhancedEvent(id=command.id, input=command.text, text=res.text, source=res.source, error=res.error,
+                             input_tokens=res.input_tokens, output_tokens=res.output_tokens,
+                             cost_usd=round(res.cost_usd, 6), ms=round(res.ms, 1))
+
+    async def _enhance_and_reply(self, command: EnhanceCommand | PromptCommand,
+                                 reply: Callable[[Event], None]) -> None:
+        event = await self.enhance(command)
+        reply(event)
+        if isinstance(command, PromptCommand):      # enhance: true: what comes back goes live
+            self._submit(PromptCommand(id=command.id, text=event.text), reply)
+
+    def _revert_history(self, segment: int) -> None:
+        """A rewind: the history goes back to what it was when that segment began."""
+        point = next((p for p in self.engine.state().segments if p["segment"] == segment), None)
+        if point is None:
+            return                      # the engine answers that rewind with an error
+        while self._marks and self._marks[-1][0] > point["index"]:
+            _, mark = self._marks.pop()
+            self.enhancer.session.revert(mark)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="longlive-enhance")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _record(self, command: RecordCommand, reply: Callable[[Event], None]) -> None:
         """Recording on: starts at once (the `recording` event follows). Off: acknowledged at
@@ -279,6 +334,8 @@ class ControlHub:
             "segments": s.segments,
             "timeline": s.timeline,
             "recording": self.recorder.status() if self.recorder else None,
+            "enhancer": None if self.enhancer is None else {"available": self.enhancer.available,
+                                                            "notice": self.enhancer.notice},
             "stats": self._last_stats.to_wire() if self._last_stats else None,
             "limits": {"message_bytes": MAX_MESSAGE_BYTES, "prompt_chars": MAX_PROMPT_CHARS},
         }

@@ -144,7 +144,15 @@ class Command:
 @dataclass(frozen=True, kw_only=True)
 class PromptCommand(Command):
     TYPE = "prompt"
-    DOC = "Switch to a new prompt at the next block boundary (KV re-cache)."
+    DOC = "Switch to a new prompt at the next block boundary (KV re-cache); enhance: true has the AI rewrite it first."
+    text: str = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1))
+    enhance: bool = spec(Flag(), default=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnhanceCommand(Command):
+    TYPE = "enhance"
+    DOC = "Have the AI rewrite a short prompt (answered with `enhanced`; nothing goes live until it is sent as a prompt)."
     text: str = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1))
 
 
@@ -199,8 +207,8 @@ class StatusCommand(Command):
 
 # The one table of client message types.
 COMMANDS: dict[str, type[Command]] = {
-    cls.TYPE: cls for cls in (PromptCommand, SeedCommand, PauseCommand, ResumeCommand, RecordCommand, TimelineCommand,
-                              RewindCommand, StatusCommand)
+    cls.TYPE: cls for cls in (PromptCommand, EnhanceCommand, SeedCommand, PauseCommand, ResumeCommand, RecordCommand,
+                              TimelineCommand, RewindCommand, StatusCommand)
 }
 
 
@@ -376,8 +384,24 @@ class RecordingEvent(Event):
     error: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class EnhancedEvent(Event):
+    """The answer to `enhance` (and, before it goes live, to a `prompt` with enhance: true)."""
+
+    TYPE = "enhanced"
+    id: RequestIdValue = None
+    input: str                  # the text as sent
+    text: str                   # the AI's rewrite, or the input when it fell back
+    source: str                 # ai | raw
+    error: str | None = None    # why it fell back (one line), if it did
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    ms: float = 0.0
+
+
 EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptApplied, StateEvent, Stats, ErrorEvent,
-                                                            Notice, RecordingEvent)}
+                                                            Notice, RecordingEvent, EnhancedEvent)}
 
 
 def encode(event: Event | dict[str, Any], binary: bool = True) -> bytes | str:

@@ -32,8 +32,11 @@ def run(args: argparse.Namespace) -> int:
         from .app import create_app  # aiohttp/aiortc load only when serving
 
         folder = args.record if args.record is not None else args.recordings
+        from .enhance import AsyncPromptEnhancer
+
         app = create_app(engine, host=sock.getsockname()[0],    # media offered where HTTP listens
-                         recordings=folder, record=args.record is not None)
+                         recordings=folder, record=args.record is not None,
+                         enhancer=AsyncPromptEnhancer(enabled=not args.no_ai))
     except BaseException:
         sock.close()
         raise

@@ -381,3 +381,63 @@ def test_page_says_at_once_when_the_server_goes_away():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
+    """The Enhance toggle: the AI's rewrite (the fake Messages API on loopback) is shown; Regenerate asks
+    again, an edit is kept, Accept sends the reviewed text live; with the toggle off nothing is rewritten."""
+    from playwright.async_api import async_playwright
+
+    from messages_api import FakeMessagesAPI
+
+    require_browser()
+    with FakeMessagesAPI() as api:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-test-PAGESECRET")
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        proc, url = start_server("--prompt", "a lantern on a pier")
+        api.answer_text("The lantern on the pier swings left in the wind.")
+        api.answer_text("The lantern on the pier glows orange and swings right.")
+        now = "document.getElementById('now').textContent"
+
+        async def main() -> None:
+            errors: list[str] = []
+            async with async_playwright() as p:
+                browser = await launch(p)
+                try:
+                    page = await open_page(browser, url, errors)
+                    await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                    await page.wait_for_function("!document.getElementById('enhance').disabled")
+                    await page.check("#enhance")
+                    await page.fill("#prompt", "it swings")
+                    await page.press("#prompt", "Enter")
+                    await page.wait_for_function("document.getElementById('review-text').value.includes('swings left')",
+                                                 timeout=30_000)
+                    assert "10 + 5 tokens" in await page.inner_text("#review-meta")
+                    assert await page.evaluate(now) == "a lantern on a pier"       # nothing live yet
+                    await page.click("#review-regen")
+                    await page.wait_for_function("document.getElementById('review-text').value.includes('orange')",
+                                                 timeout=30_000)
+                    await page.click("#review-edit")
+                    await page.keyboard.type(" Slowly.")
+                    await page.click("#review-accept")
+                    final = "The lantern on the pier glows orange and swings right. Slowly."
+                    await page.locator("#applied li.applied", has_text=final).wait_for(timeout=30_000)
+                    assert await page.is_hidden("#review")
+                    # the toggle off: the prompt goes as typed, the model is not asked
+                    asked = len(api.messages_requests())
+                    await page.uncheck("#enhance")
+                    await page.fill("#prompt", "a gull lands")
+                    await page.press("#prompt", "Enter")
+                    await page.locator("#applied li.applied", has_text="a gull lands").wait_for(timeout=30_000)
+                    assert len(api.messages_requests()) == asked
+                finally:
+                    await browser.close()
+            assert not errors, errors
+
+        try:
+            asyncio.run(main())
+        finally:
+            out = stop_server(proc)
+        asks = [json.dumps(r["json"]["messages"]) for r in api.messages_requests()]
+        assert len(asks) == 2 and all("it swings" in a and "a lantern on a pier" in a for a in asks)
+        assert "sk-ant-test-PAGESECRET" not in out
