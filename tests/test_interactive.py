@@ -494,3 +494,37 @@ def test_ctrl_c_during_a_chunk_at_a_terminal_then_quit_keeps_the_chunks(pipe, tm
                                                         "running_1.mp4", "timeline.json"]
     assert frame_count(folder / "chunk_1.mp4") == 105 and frame_count(folder / "running_1.mp4") == 105
     assert [c["user"] for c in json.loads((folder / "history.json").read_text())["chunks"]] == ["the sails turn"]
+
+
+def test_with_the_real_enhancer_the_model_sees_grounding_and_history_and_back_reverts_it(pipe, tmp_path,
+                                                                                          monkeypatch):
+    """The session over studio.enhancer.PromptEnhancer and the fake Messages API (loopback, real SDK)."""
+    from messages_api import FakeMessagesAPI
+    from studio.enhancer import PromptEnhancer
+
+    with FakeMessagesAPI() as api:
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", api.url)
+        for text in ("GROUNDED: a fox in a snowy birch wood", "FIRST: the fox trots left",
+                     "FIRST AGAIN: the fox trots right", "SECOND: the fox leaps", "REDO: the fox sits"):
+            api.answer_text(text)
+        enh = PromptEnhancer(EnhancerConfig.load(), api_key="sk-ant-test-TERMSECRET")
+        s, script = session(pipe, tmp_path, [
+            "a fox in a wood", "",                    # grounding, accepted as enhanced
+            "it trots", "r", "",                      # regenerate, then accept the second answer
+            "it leaps", "e", "the fox leaps high",    # an edit replaces the answer
+            "No AI: a plain third",                   # verbatim: no request
+            "back",                                   # drop chunk 3: history back to two prompts
+            "it sits", "",
+            "done"], enhancer=enh)
+        assert s.run() == 0
+        asks = [r["json"]["messages"][-1]["content"] for r in api.messages_requests()]
+    assert len(asks) == 5                                              # the No AI: line sent nothing
+    as_text = [a if isinstance(a, str) else json.dumps(a) for a in asks]
+    assert "a fox in a wood" in as_text[0]
+    assert all("GROUNDED: a fox in a snowy birch wood" in a for a in as_text[1:])
+    assert "FIRST AGAIN: the fox trots right" in as_text[3]            # the accepted one is history ...
+    assert "FIRST: the fox trots left" not in as_text[3]               # ... the regenerated one is not
+    assert "the fox leaps high" in as_text[4] and "a plain third" not in as_text[4]   # back reverted it
+    processed = [json.loads((s.folder / f"chunk_{n}_prompts.json").read_text())["processed"] for n in (1, 2, 3)]
+    assert processed == ["FIRST AGAIN: the fox trots right", "the fox leaps high", "REDO: the fox sits"]
+    assert "sk-ant-test-TERMSECRET" not in "\n".join(script.out)
