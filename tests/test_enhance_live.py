@@ -98,6 +98,7 @@ def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritt
 
 @pytest.mark.parametrize("trouble, says", [
     (lambda api: api.answer_error(500, "overloaded"), "HTTP 500"),
+    (lambda api: api.answer_error(429, "slow down", retry_after=0), "rate-limited (HTTP 429)"),
     (lambda api: api.answer_raw(200, b"{not json"), "AI enhancement"),
     (lambda api: api.answer_text(""), "AI enhancement returned no text"),
 ])
