@@ -31,7 +31,7 @@ The rules:
   "enhanced in 840 ms: 412 in + 96 out tokens, ~$0.0027"); `Enhanced` carries them too.
 
 The model, the system prompts, the timeout, the retries and the limits live in
-`configs/enhancer.yaml` (read strictly: every key checked), never in code.
+`configs/ai/enhancer.yaml` (read strictly: every key checked), never in code.
 
 No event loop runs here (the async transport lives in `server/`).
 """
@@ -57,7 +57,7 @@ from streaming.errors import UserError
 
 log = logging.getLogger("studio.enhancer")
 
-DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "enhancer.yaml"
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "ai" / "enhancer.yaml"
 KINDS = ("prompt", "grounding")
 FALLBACK = "using the prompt as written"
 NO_KEY_NOTICE = "ANTHROPIC_API_KEY is not set: prompts are used as written"
@@ -93,7 +93,7 @@ class EnhancerConfig:
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "EnhancerConfig":
-        """Read a config file (default: configs/enhancer.yaml beside the package); every key is
+        """Read a config file (default: configs/ai/enhancer.yaml beside the package); every key is
         checked and a mistake is an `EnhancerError` naming the file and the key."""
         path = Path(path) if path is not None else DEFAULT_CONFIG
         source = str(path)

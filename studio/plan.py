@@ -5,12 +5,12 @@ and the setting, then segments with start, end and prompt), so the answer is str
 and it is checked against the timeline model (`studio.timeline`): segments in order,
 covering 0 to `--seconds` without gaps or overlaps, the asked number of them, each long
 enough to show. An answer that fails is sent back with the reason, up to `max_attempts`
-tries (configs/planner.yaml), then one clear error. The result is a Scope v2.0 timeline:
+tries (configs/ai/planner.yaml), then one clear error. The result is a Scope v2.0 timeline:
 it plays live (the page's timeline picker), renders with `longlive render`, and opens in
 `longlive interactive --timeline FILE` as the chunk plan.
 
 The model, key, timeout and retries are the enhancer's (`studio.enhancer`,
-configs/enhancer.yaml); the key comes from ANTHROPIC_API_KEY only.
+configs/ai/enhancer.yaml); the key comes from ANTHROPIC_API_KEY only.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .timeline import Timeline, TimelineError
 
 log = logging.getLogger(__name__)
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "planner.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "ai" / "planner.yaml"
 TOOL = "write_timeline"
 MAX_SEGMENTS = 64
 MAX_STORY_CHARS = 20_000

@@ -46,7 +46,7 @@ def api(monkeypatch):
 
 
 def default_settings() -> dict:
-    return yaml.safe_load((REPO / "configs" / "enhancer.yaml").read_text())
+    return yaml.safe_load((REPO / "configs" / "ai" / "enhancer.yaml").read_text())
 
 
 def write_config(tmp_path: Path, name: str = "enhancer.yaml", **changes) -> Path:
@@ -430,7 +430,7 @@ def test_the_default_config_is_the_documented_one():
     (dict(system_prompt=""), "system_prompt"),
     (dict(input_usd_per_mtok="3"), "input_usd_per_mtok"),
     (dict(extra_request=["thinking"]), "extra_request"),
-    (dict(extra_request={"model": "x"}), "model"),
+    (dict(extra_request={"model": "x"}), "may not set model"),
     (dict(extra_request={"bogus_param": 1}), "bogus_param"),
 ])
 def test_config_mistakes_are_one_sentence_naming_the_key(tmp_path, changes, named):
