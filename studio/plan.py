@@ -1,7 +1,7 @@
 """`longlive plan "a story ..."`: an LLM splits a story into timed prompt segments -> a timeline.
 
-The model answers through a tool (`write_timeline`, a JSON schema: anchors for the subject
-and the setting, then segments with start, end and prompt), so the answer is structured,
+The model answers through a tool it is offered (`write_timeline`, a JSON schema: anchors for
+the subject and the setting, then segments with start, end and prompt), so the answer is structured,
 and it is checked against the timeline model (`studio.timeline`): segments in order,
 covering 0 to `--seconds` without gaps or overlaps, the asked number of them, each long
 enough to show. An answer that fails is sent back with the reason, up to `max_attempts`
@@ -158,9 +158,11 @@ def plan(story: str, seconds: float, segments: int | None, enhancer: Any, config
         f"{seconds:g} seconds, each at least {config.min_segment_seconds:g} seconds long.")}]
     why = "no answer"
     for attempt in range(1, config.max_attempts + 1):
-        message = enhancer.call(model=enhancer.config.model, max_tokens=config.max_tokens,
-                                system=config.system_prompt, messages=messages, tools=[tool_schema(n)],
-                                tool_choice={"type": "tool", "name": TOOL})
+        # the tool is offered, not forced: current models refuse a forced tool choice; the system prompt
+        # asks for it, and an answer without it is sent back like any unusable plan
+        message = enhancer.call(**{**enhancer.config.extra_request, "model": enhancer.config.model,
+                                   "max_tokens": config.max_tokens, "system": config.system_prompt,
+                                   "messages": messages, "tools": [tool_schema(n)]})
         use = next((b for b in getattr(message, "content", None) or []
                     if getattr(b, "type", None) == "tool_use" and getattr(b, "name", None) == TOOL), None)
         try:
