@@ -73,7 +73,7 @@ from streaming.errors import UserError
 from streaming.noise import SEED_MAX
 
 from .lineage import Lineage
-from .sidecar import SidecarBuilder, Source, block_hash
+from .sidecar import MadeBlock, SidecarBuilder, Source, block_hash
 from .timeline import BlockClock
 
 DONE, QUIT, GO_ON = "done", "quit", "go on"
@@ -160,19 +160,6 @@ class _BlockRecord:
     prompt: str
     frames: int
     hash: str
-
-
-@dataclass
-class _StandIn:
-    """A kept block as `SidecarBuilder.add` sees it: with the hash given, it needs only the
-    frame count, so `frames` is an empty array of the block's length (the frames are on disk)."""
-
-    frames: np.ndarray
-    block: int
-    prompt: str
-    lineage: Lineage
-    cause: str | None = None
-    dropped_before: int = 0
 
 
 @dataclass
@@ -647,7 +634,7 @@ class InteractiveSession:
         builder = SidecarBuilder(self.source)
         for c in self.chunks:
             for r in c.blocks:
-                builder.add(_StandIn(np.empty((r.frames, 0, 0, 3), np.uint8), r.block, r.prompt, lineage), r.hash)
+                builder.add(MadeBlock(np.empty((r.frames, 0, 0, 3), np.uint8), r.block, r.prompt, lineage), r.hash)
         builder.timeline().save(timeline)
 
 

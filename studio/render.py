@@ -42,7 +42,7 @@ from tqdm import tqdm
 from streaming.errors import UserError
 
 from .lineage import Lineage, Run
-from .sidecar import Recipe, SidecarBuilder, Source, block_hash
+from .sidecar import MadeBlock, Recipe, SidecarBuilder, Source, block_hash
 from .timeline import BlockClock, Timeline
 
 log = logging.getLogger(__name__)
@@ -73,18 +73,6 @@ class Plan:
         text = json.dumps({"runs": [r.to_wire() for r in self.runs], "frames": self.frames,
                            "source": self.source.__dict__, "weights": weights}, sort_keys=True, default=list)
         return hashlib.sha256(text.encode()).hexdigest()
-
-
-@dataclass
-class _Made:
-    """A block as the sidecar builder sees it."""
-
-    frames: np.ndarray
-    block: int
-    prompt: str
-    lineage: Lineage
-    cause: str | None = None
-    dropped_before: int = 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -259,7 +247,7 @@ class Renderer:
                     bar.update(len(frames))
         self._save(end, builder)
 
-    def _block(self, k: int) -> tuple[np.ndarray, _Made]:
+    def _block(self, k: int) -> tuple[np.ndarray, MadeBlock]:
         """Output block k: reach its run's state if it begins one, then generate it."""
         run_index, b = self._locate(k)
         r = self.plan.runs[run_index]
@@ -271,7 +259,7 @@ class Renderer:
         self._apply(r.lineage, b + 1)
         self._keep(r.lineage, b + 1)
         frames = np.asarray(blk.frames)
-        return frames, _Made(frames, int(blk.block), blk.prompt, r.lineage, cause)
+        return frames, MadeBlock(frames, int(blk.block), blk.prompt, r.lineage, cause)
 
     def _locate(self, k: int) -> tuple[int, int]:
         for i, r in enumerate(self.plan.runs):

@@ -47,6 +47,19 @@ class Block(Protocol):
     dropped_before: int
 
 
+@dataclass
+class MadeBlock:
+    """A block made offline (a render, an interactive session), as `SidecarBuilder.add` takes it.
+    With the hash given, only the frame count matters: `frames` may be an empty stand-in of that length."""
+
+    frames: np.ndarray
+    block: int
+    prompt: str
+    lineage: Lineage
+    cause: str | None = None
+    dropped_before: int = 0
+
+
 @dataclass(frozen=True)
 class Source:
     """What made the video, besides its runs: the same source makes the same frames."""
