@@ -40,7 +40,8 @@ def test_converted_dit_still_generates_close_latents():
     fp8 = build_dit(cfg)
     n = convert_blocks_to_fp8(fp8)
     assert n == 10 * cfg.model.num_layers
-    emb = torch.randn(1, cfg.model.text_len, cfg.model.text_dim)
+    emb = torch.randn(1, cfg.model.text_len, cfg.model.text_dim,
+                      generator=torch.Generator().manual_seed(0))   # fixed: an unseeded draw made it flaky (0.104)
     outs = []
     for model in (ref, fp8):
         g = StreamingGenerator(model, cfg)
