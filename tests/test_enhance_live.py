@@ -126,7 +126,9 @@ def test_the_stream_keeps_generating_while_the_model_is_slow_and_times_out(monke
         before = engine.state().blocks
         await ws.send_json({"type": "enhance", "id": 9, "text": "slowly"})
         # while the call is pending the engine thread goes on making blocks at the stream's rate
+        deadline = asyncio.get_running_loop().time() + 30
         while engine.state().blocks < before + 2:
+            assert asyncio.get_running_loop().time() < deadline, "the engine stopped making blocks"
             await asyncio.sleep(0.05)
         got = await next_message(ws, ("enhanced",), timeout=30)
         assert got["source"] == "raw" and "timed out" in got["error"]
