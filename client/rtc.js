@@ -17,13 +17,15 @@ function gatheringComplete(pc, timeoutMs = 3000) {
 }
 
 /**
- * Connect to the server. Resolves to {pc, channel, session, close()} once the answer is set;
+ * Connect to the server. Resolves to {pc, channel, session, close()} once the answer is set
+ * (`channel` null with `control: false`);
  * `onTrack(stream)` gets the video, `onState(state)` every connection state change.
  */
-export async function connect({ onTrack, onState, base = "" } = {}) {
+export async function connect({ onTrack, onState, base = "", control = true } = {}) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
-  const channel = pc.createDataChannel("control", { ordered: true });
+  // a viewer page (control: false) only watches: no control channel, so it can steer nothing
+  const channel = control ? pc.createDataChannel("control", { ordered: true }) : null;
   pc.addEventListener("track", (ev) => onTrack?.(ev.streams[0] ?? new MediaStream([ev.track])));
   pc.addEventListener("connectionstatechange", () => onState?.(pc.connectionState));
 

@@ -5,6 +5,7 @@ Routes only translate HTTP to calls on the modules that own the work: `webrtc` (
 docs/PROTOCOL.md for the wire format.
 
     GET    /                      the browser client (static files from client/)
+    GET    /projector, /watch     the video alone (full screen, no controls); a viewer page without controls
     POST   /api/offer             {"sdp", "type": "offer"} -> {"sdp", "type": "answer", "session"}
     DELETE /api/sessions/{id}     end a WebRTC session
     GET    /api/control           WebSocket control channel (msgpack or JSON messages)
@@ -83,6 +84,8 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
     app.router.add_get("/", index)
+    app.router.add_get("/projector", page("projector.html"))
+    app.router.add_get("/watch", page("watch.html"))
     app.router.add_get("/{path:.+}", static_file)
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
@@ -233,6 +236,13 @@ async def health(request: web.Request) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(request.app[STATIC_ROOT] / "index.html")
+
+
+def page(name: str):
+    """A route serving one page of the client (the projector view, the viewer page)."""
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(request.app[STATIC_ROOT] / name)
+    return serve
 
 
 async def static_file(request: web.Request) -> web.FileResponse:

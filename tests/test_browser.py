@@ -62,12 +62,12 @@ async def launch(p):
     return await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
 
 
-async def open_page(browser, url: str, errors: list[str]):
+async def open_page(browser, url: str, errors: list[str], path: str = "/"):
     page = await browser.new_page(viewport={"width": 1280, "height": 760})
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     await page.add_init_script(KEEP_PEER_CONNECTIONS)
-    await page.goto(url + "/")
+    await page.goto(url + path)
     return page
 
 pytestmark = pytest.mark.browser
@@ -441,3 +441,37 @@ def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
         asks = [json.dumps(r["json"]["messages"]) for r in api.messages_requests()]
         assert len(asks) == 2 and all("it swings" in a and "a lantern on a pier" in a for a in asks)
         assert "sk-ant-test-PAGESECRET" not in out
+
+
+def test_projector_and_watch_pages_show_moving_video_and_no_controls(server):
+    """/projector: the video alone, black around it, no cursor; /watch: a viewer page. Neither has a
+    control element nor a control channel (the server counts no controller for them)."""
+    from playwright.async_api import async_playwright
+
+    controls = "document.querySelectorAll('button, input, textarea, select, [contenteditable]').length"
+    frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
+
+    async def main() -> None:
+        errors: list[str] = []
+        async with async_playwright() as p:
+            browser = await launch(p)
+            try:
+                for path in ("projector", "watch"):
+                    before = json.loads(fetch(server + "/api/state"))["controllers"]
+                    page = await open_page(browser, server, errors, path="/" + path)
+                    await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+                    n0 = await page.evaluate(frames)
+                    await page.wait_for_function(f"{frames} > {n0} + 5", timeout=20_000)     # it moves
+                    assert await page.evaluate(controls) == 0
+                    assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
+                    assert json.loads(fetch(server + "/api/state"))["controllers"] == before
+                    if path == "projector":
+                        style = await page.evaluate("[getComputedStyle(document.body).cursor, "
+                                                    "getComputedStyle(document.body).backgroundColor]")
+                        assert style == ["none", "rgb(0, 0, 0)"]
+                    await page.close()
+            finally:
+                await browser.close()
+        assert not errors, errors
+
+    asyncio.run(main())
