@@ -10,6 +10,7 @@ runs no mDNS responder, which would announce its names by multicast on the LAN.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -62,6 +63,23 @@ async def launch(p):
     return await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
 
 
+@contextlib.asynccontextmanager
+async def chromium(expected: tuple[str, ...] = ()):
+    """Headless Chromium: yields (browser, errors); once it is closed, the page errors and console
+    errors collected must be none (other than those containing one of the `expected` texts)."""
+    from playwright.async_api import async_playwright
+
+    errors: list[str] = []
+    async with async_playwright() as p:
+        browser = await launch(p)
+        try:
+            yield browser, errors
+        finally:
+            await browser.close()
+    unexpected = [e for e in errors if not any(x in e for x in expected)]
+    assert not unexpected, unexpected
+
+
 async def open_page(browser, url: str, errors: list[str], path: str = "/"):
     page = await browser.new_page(viewport={"width": 1280, "height": 760})
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
@@ -111,130 +129,116 @@ def timeline_file(name: str, obj: object) -> dict:
 
 
 def test_page_plays_video_and_switches_prompts(server, tmp_path):
-    from playwright.async_api import async_playwright
 
     async def main() -> None:
-        errors: list[str] = []
-        async with async_playwright() as p:
-            browser = await launch(p)
-            try:
-                page = await open_page(browser, server, errors)
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
 
-                # the page plays video, over 127.0.0.1 at both ends
-                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
-                size = await page.evaluate("(v => [v.videoWidth, v.videoHeight])(document.getElementById('video'))")
-                assert size == [320, 192]
-                assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
-                frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
-                n0, t0 = await page.evaluate(frames), time.monotonic()
-                await page.wait_for_function(f"{frames} > {n0}", timeout=20_000)
+            # the page plays video, over 127.0.0.1 at both ends
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+            size = await page.evaluate("(v => [v.videoWidth, v.videoHeight])(document.getElementById('video'))")
+            assert size == [320, 192]
+            assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
+            frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
+            n0, t0 = await page.evaluate(frames), time.monotonic()
+            await page.wait_for_function(f"{frames} > {n0}", timeout=20_000)
 
-                # the notice about the tiny default, and the state from hello
-                assert await page.is_visible("#notice")
-                assert "tiny embedded default" in await page.inner_text("#notice")
-                await page.wait_for_function(f"{STATUS} === 'live'")
+            # the notice about the tiny default, and the state from hello
+            assert await page.is_visible("#notice")
+            assert "tiny embedded default" in await page.inner_text("#notice")
+            await page.wait_for_function(f"{STATUS} === 'live'")
 
-                # generated and delivered fps, from the server's stats
-                await page.wait_for_function("!isNaN(parseFloat(document.getElementById('stat-generated').textContent))"
-                                             " && !isNaN(parseFloat(document.getElementById('stat-delivered')"
-                                             ".textContent))", timeout=20_000)
+            # generated and delivered fps, from the server's stats
+            await page.wait_for_function("!isNaN(parseFloat(document.getElementById('stat-generated').textContent))"
+                                         " && !isNaN(parseFloat(document.getElementById('stat-delivered')"
+                                         ".textContent))", timeout=20_000)
 
-                # typing a prompt and Enter: it appears in the applied list once applied
-                text = "a paper boat on a neon river"
-                await page.fill("#prompt", text)
-                await page.press("#prompt", "Enter")
-                item = page.locator("#applied li.applied", has_text=text)
-                await item.wait_for(timeout=30_000)
-                meta = await item.locator(".meta").inner_text()
-                assert "block" in meta and "ms" in meta
-                await page.wait_for_function("document.getElementById('stat-latency').textContent !== '–'")
+            # typing a prompt and Enter: it appears in the applied list once applied
+            text = "a paper boat on a neon river"
+            await page.fill("#prompt", text)
+            await page.press("#prompt", "Enter")
+            item = page.locator("#applied li.applied", has_text=text)
+            await item.wait_for(timeout=30_000)
+            meta = await item.locator(".meta").inner_text()
+            assert "block" in meta and "ms" in meta
+            await page.wait_for_function("document.getElementById('stat-latency').textContent !== '–'")
 
-                # pause and resume reach the server and come back as state
-                await page.click("#pause")
-                await page.wait_for_function(f"{STATUS} === 'paused'")
-                await page.click("#pause")
-                await page.wait_for_function(f"{STATUS} === 'live'")
-                assert await page.evaluate("document.getElementById('stat-viewers').textContent") == "1"
+            # pause and resume reach the server and come back as state
+            await page.click("#pause")
+            await page.wait_for_function(f"{STATUS} === 'paused'")
+            await page.click("#pause")
+            await page.wait_for_function(f"{STATUS} === 'live'")
+            assert await page.evaluate("document.getElementById('stat-viewers').textContent") == "1"
 
-                n1, t1 = await page.evaluate(frames), time.monotonic()
-                print(f"\nthe page decoded {(n1 - n0) / (t1 - t0):.1f} fps over {t1 - t0:.1f} s; stats: "
-                      f"{(await page.inner_text('#stats')).replace(chr(10), ' ')}")
-                await asyncio.sleep(1.5)   # frames under the new prompt, and a second of stats after the pause
-                OUTPUT.mkdir(parents=True, exist_ok=True)
-                shot = tmp_path / "page.png"
-                await page.screenshot(path=str(shot))
-                assert shot.stat().st_size > 10_000
-                shutil.copy(shot, OUTPUT / "page.png")
-            finally:
-                await browser.close()
-        assert not errors, errors
+            n1, t1 = await page.evaluate(frames), time.monotonic()
+            print(f"\nthe page decoded {(n1 - n0) / (t1 - t0):.1f} fps over {t1 - t0:.1f} s; stats: "
+                  f"{(await page.inner_text('#stats')).replace(chr(10), ' ')}")
+            await asyncio.sleep(1.5)   # frames under the new prompt, and a second of stats after the pause
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            shot = tmp_path / "page.png"
+            await page.screenshot(path=str(shot))
+            assert shot.stat().st_size > 10_000
+            shutil.copy(shot, OUTPUT / "page.png")
 
     asyncio.run(main())
 
 
 def test_page_says_what_became_of_every_prompt(server):
     """Empty, too long, refused by the server, superseded: each one is visible in the page."""
-    from playwright.async_api import async_playwright
 
     async def main() -> None:
-        errors: list[str] = []
-        async with async_playwright() as p:
-            browser = await launch(p)
-            try:
-                page = await open_page(browser, server, errors)
-                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
-                await page.wait_for_function("!document.getElementById('send').disabled")
-                listed = "document.querySelectorAll('#applied li').length"
-                limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["prompt_chars"]
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+            await page.wait_for_function("!document.getElementById('send').disabled")
+            listed = "document.querySelectorAll('#applied li').length"
+            limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["prompt_chars"]
 
-                # an empty prompt: a visible message, nothing sent
-                before = await page.evaluate(listed)
-                await page.fill("#prompt", "   ")
-                await page.press("#prompt", "Enter")
-                await page.wait_for_selector("#error:not([hidden])", timeout=2_000)
-                assert "empty" in await page.inner_text("#error")
-                assert await page.evaluate(listed) == before
+            # an empty prompt: a visible message, nothing sent
+            before = await page.evaluate(listed)
+            await page.fill("#prompt", "   ")
+            await page.press("#prompt", "Enter")
+            await page.wait_for_selector("#error:not([hidden])", timeout=2_000)
+            assert "empty" in await page.inner_text("#error")
+            assert await page.evaluate(listed) == before
 
-                # 20,000 characters pasted: kept whole (not cut to the limit), flagged, refused before sending
-                long_text = ("a slow pan across a flooded cathedral " * 600)[:20_000]
-                await page.fill("#prompt", long_text)
-                assert await page.evaluate("document.getElementById('prompt').value.length") == 20_000
-                hint = await page.inner_text("#prompt-hint")
-                assert "20,000" in hint and f"{limit:,}" in hint and "too long" in hint, hint
-                await page.press("#prompt", "Enter")
-                await page.wait_for_function("document.getElementById('error').textContent.includes('20,000')",
-                                             timeout=2_000)
-                assert await page.is_visible("#error")
-                assert await page.evaluate(listed) == before
+            # 20,000 characters pasted: kept whole (not cut to the limit), flagged, refused before sending
+            long_text = ("a slow pan across a flooded cathedral " * 600)[:20_000]
+            await page.fill("#prompt", long_text)
+            assert await page.evaluate("document.getElementById('prompt').value.length") == 20_000
+            hint = await page.inner_text("#prompt-hint")
+            assert "20,000" in hint and f"{limit:,}" in hint and "too long" in hint, hint
+            await page.press("#prompt", "Enter")
+            await page.wait_for_function("document.getElementById('error').textContent.includes('20,000')",
+                                         timeout=2_000)
+            assert await page.is_visible("#error")
+            assert await page.evaluate(listed) == before
 
-                # a prompt the page lets through and the server refuses: its entry turns into the error.
-                # (JavaScript's trim() keeps U+001F, Python's strip() removes it, so to the server it is empty.)
-                await page.fill("#prompt", "\x1f")
-                await page.press("#prompt", "Enter")
-                rejected = page.locator("#applied li.rejected")
-                await rejected.wait_for(timeout=15_000)
-                assert "empty" in await rejected.locator(".meta").inner_text()
-                assert await page.locator("#applied li.pending").count() == 0
+            # a prompt the page lets through and the server refuses: its entry turns into the error.
+            # (JavaScript's trim() keeps U+001F, Python's strip() removes it, so to the server it is empty.)
+            await page.fill("#prompt", "\x1f")
+            await page.press("#prompt", "Enter")
+            rejected = page.locator("#applied li.rejected")
+            await rejected.wait_for(timeout=15_000)
+            assert "empty" in await rejected.locator(".meta").inner_text()
+            assert await page.locator("#applied li.pending").count() == 0
 
-                # a burst of prompts within one block: the last is applied, the ones it replaced say so
-                burst = [f"burst prompt {i}" for i in range(5)]
-                await page.evaluate("""(texts) => {
-                    const box = document.getElementById('prompt'), form = document.getElementById('prompt-form');
-                    for (const t of texts) { box.value = t; form.requestSubmit(); }
-                }""", burst)
-                await page.locator("#applied li.applied", has_text=burst[-1]).wait_for(timeout=30_000)
-                await page.wait_for_function("document.querySelectorAll('#applied li.pending').length === 0",
-                                             timeout=30_000)
-                superseded = await page.locator("#applied li.superseded .text").all_inner_texts()
-                applied = await page.locator("#applied li.applied .text").all_inner_texts()
-                assert superseded, await page.inner_text("#applied")
-                assert set(superseded) <= set(burst[:-1])
-                assert all(t in superseded or t in applied for t in burst), await page.inner_text("#applied")
-                meta = await page.locator("#applied li.superseded .meta").first.inner_text()
-                assert "superseded" in meta
-            finally:
-                await browser.close()
-        assert not errors, errors
+            # a burst of prompts within one block: the last is applied, the ones it replaced say so
+            burst = [f"burst prompt {i}" for i in range(5)]
+            await page.evaluate("""(texts) => {
+                const box = document.getElementById('prompt'), form = document.getElementById('prompt-form');
+                for (const t of texts) { box.value = t; form.requestSubmit(); }
+            }""", burst)
+            await page.locator("#applied li.applied", has_text=burst[-1]).wait_for(timeout=30_000)
+            await page.wait_for_function("document.querySelectorAll('#applied li.pending').length === 0",
+                                         timeout=30_000)
+            superseded = await page.locator("#applied li.superseded .text").all_inner_texts()
+            applied = await page.locator("#applied li.applied .text").all_inner_texts()
+            assert superseded, await page.inner_text("#applied")
+            assert set(superseded) <= set(burst[:-1])
+            assert all(t in superseded or t in applied for t in burst), await page.inner_text("#applied")
+            meta = await page.locator("#applied li.superseded .meta").first.inner_text()
+            assert "superseded" in meta
 
     asyncio.run(main())
 
@@ -243,7 +247,6 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
     """Record on, switch, Record off: the video and its timeline download from the page's links;
     a timeline file from the picker plays (the server switches at its times); a segment's ↺ rewinds."""
     import av
-    from playwright.async_api import async_playwright
 
     switched = "a lantern drifting over dunes"
     first, second = "timeline: a red kite over a harbour", "timeline: a blue whale under ice"
@@ -254,81 +257,75 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
     now = "document.getElementById('now').textContent"
 
     async def main() -> tuple[str, str]:
-        errors: list[str] = []
-        async with async_playwright() as p:
-            browser = await launch(p)
-            try:
-                page = await open_page(browser, server, errors)
-                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
-                await page.wait_for_function("!document.getElementById('record').disabled")
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+            await page.wait_for_function("!document.getElementById('record').disabled")
 
-                # -- Record on: the button says so and the indicator counts seconds of video
-                assert await page.inner_text("#record") == "Record"
-                assert await page.get_attribute("#record", "aria-pressed") == "false"
-                assert await page.is_hidden("#rec-indicator")
-                await page.click("#record")
-                await page.wait_for_selector("#rec-indicator", state="visible", timeout=10_000)
-                await page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
-                assert await page.get_attribute("#record", "aria-pressed") == "true"
-                await page.wait_for_function("(t => /^\\d\\d:\\d\\d$/.test(t) && t !== '00:00')"
-                                             "(document.getElementById('rec-time').textContent)", timeout=15_000)
-                OUTPUT.mkdir(parents=True, exist_ok=True)
-                await page.screenshot(path=str(OUTPUT / "recording.png"))
+            # -- Record on: the button says so and the indicator counts seconds of video
+            assert await page.inner_text("#record") == "Record"
+            assert await page.get_attribute("#record", "aria-pressed") == "false"
+            assert await page.is_hidden("#rec-indicator")
+            await page.click("#record")
+            await page.wait_for_selector("#rec-indicator", state="visible", timeout=10_000)
+            await page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
+            assert await page.get_attribute("#record", "aria-pressed") == "true"
+            await page.wait_for_function("(t => /^\\d\\d:\\d\\d$/.test(t) && t !== '00:00')"
+                                         "(document.getElementById('rec-time').textContent)", timeout=15_000)
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(OUTPUT / "recording.png"))
 
-                # -- a prompt switched while recording
-                await page.fill("#prompt", switched)
-                await page.press("#prompt", "Enter")
-                await page.locator("#applied li.applied", has_text=switched).wait_for(timeout=30_000)
-                await asyncio.sleep(1.0)           # another block or so under it
+            # -- a prompt switched while recording
+            await page.fill("#prompt", switched)
+            await page.press("#prompt", "Enter")
+            await page.locator("#applied li.applied", has_text=switched).wait_for(timeout=30_000)
+            await asyncio.sleep(1.0)           # another block or so under it
 
-                # -- Record off: links to the video and its timeline
-                await page.click("#record")
-                await page.wait_for_selector("#recording-link", state="visible", timeout=30_000)
-                assert await page.is_hidden("#rec-indicator")
-                assert await page.inner_text("#record") == "Record"
-                assert await page.get_attribute("#record", "aria-pressed") == "false"
-                video_href = await page.get_attribute("#recording-link", "href")
-                video_name = await page.inner_text("#recording-link")
-                sidecar_href = await page.get_attribute("#recording-timeline", "href")
-                assert video_href.endswith("/" + video_name) and video_name.endswith(".mp4"), (video_href, video_name)
-                assert sidecar_href.endswith(".timeline.json"), sidecar_href
+            # -- Record off: links to the video and its timeline
+            await page.click("#record")
+            await page.wait_for_selector("#recording-link", state="visible", timeout=30_000)
+            assert await page.is_hidden("#rec-indicator")
+            assert await page.inner_text("#record") == "Record"
+            assert await page.get_attribute("#record", "aria-pressed") == "false"
+            video_href = await page.get_attribute("#recording-link", "href")
+            video_name = await page.inner_text("#recording-link")
+            sidecar_href = await page.get_attribute("#recording-timeline", "href")
+            assert video_href.endswith("/" + video_name) and video_name.endswith(".mp4"), (video_href, video_name)
+            assert sidecar_href.endswith(".timeline.json"), sidecar_href
 
-                # -- timeline files the page refuses itself, with a sentence in #error, nothing sent
-                await page.set_input_files("#timeline-file", files=[timeline_file("bad.json", b"{not json")])
-                await page.wait_for_function(f"{error}.includes('bad.json is not valid JSON')", timeout=5_000)
-                assert await page.is_visible("#error") and await page.is_hidden("#timeline-stop")
-                limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["message_bytes"]
-                big = json.dumps({**timeline, "padding": "x" * limit}).encode()
-                await page.set_input_files("#timeline-file", files=[timeline_file("big.json", big)])
-                await page.wait_for_function(f"{error}.includes('big.json is') && {error}.includes('not sent')",
-                                             timeout=5_000)
-                # ... and one the server refuses: its message names the field
-                await page.set_input_files("#timeline-file", files=[timeline_file("empty.json", {"prompts": []})])
-                await page.wait_for_function(f"{error}.includes('empty.json was refused') && "
-                                             f"{error}.includes('prompts must list at least one segment')",
-                                             timeout=10_000)
-                assert (await page.evaluate("fetch('/api/state').then(r => r.json())"))["timeline"] is None
+            # -- timeline files the page refuses itself, with a sentence in #error, nothing sent
+            await page.set_input_files("#timeline-file", files=[timeline_file("bad.json", b"{not json")])
+            await page.wait_for_function(f"{error}.includes('bad.json is not valid JSON')", timeout=5_000)
+            assert await page.is_visible("#error") and await page.is_hidden("#timeline-stop")
+            limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["message_bytes"]
+            big = json.dumps({**timeline, "padding": "x" * limit}).encode()
+            await page.set_input_files("#timeline-file", files=[timeline_file("big.json", big)])
+            await page.wait_for_function(f"{error}.includes('big.json is') && {error}.includes('not sent')",
+                                         timeout=5_000)
+            # ... and one the server refuses: its message names the field
+            await page.set_input_files("#timeline-file", files=[timeline_file("empty.json", {"prompts": []})])
+            await page.wait_for_function(f"{error}.includes('empty.json was refused') && "
+                                         f"{error}.includes('prompts must list at least one segment')",
+                                         timeout=10_000)
+            assert (await page.evaluate("fetch('/api/state').then(r => r.json())"))["timeline"] is None
 
-                # -- a timeline from the picker: it plays, and the server switches to its second prompt
-                await page.set_input_files("#timeline-file", files=[timeline_file("t.json", timeline)])
-                await page.wait_for_selector("#timeline-stop", state="visible", timeout=15_000)
-                assert "t.json" in await page.inner_text("#timeline-state")
-                await page.locator("#segments li", has_text=first).wait_for(timeout=30_000)
-                await page.locator("#segments li", has_text=second).wait_for(timeout=30_000)
-                await page.wait_for_function(f"{now} === {json.dumps(second)}", timeout=10_000)
+            # -- a timeline from the picker: it plays, and the server switches to its second prompt
+            await page.set_input_files("#timeline-file", files=[timeline_file("t.json", timeline)])
+            await page.wait_for_selector("#timeline-stop", state="visible", timeout=15_000)
+            assert "t.json" in await page.inner_text("#timeline-state")
+            await page.locator("#segments li", has_text=first).wait_for(timeout=30_000)
+            await page.locator("#segments li", has_text=second).wait_for(timeout=30_000)
+            await page.wait_for_function(f"{now} === {json.dumps(second)}", timeout=10_000)
 
-                # -- ↺ on the timeline's first segment: the stream goes back to it, the timeline stops
-                button = page.locator("#segments li", has_text=first).locator("button")
-                assert await button.get_attribute("title") == "rewind to this segment"
-                await button.click()
-                await page.wait_for_function(f"{now} === {json.dumps(first)}", timeout=15_000)
-                await page.wait_for_selector("#timeline-stop", state="hidden", timeout=10_000)
-                await page.locator("#info p", has_text="timeline stopped").wait_for(timeout=10_000)   # a notice
-                assert await page.inner_text("#status") == "live"
-                await page.screenshot(path=str(OUTPUT / "record-timeline-rewind.png"))
-            finally:
-                await browser.close()
-        assert not errors, errors
+            # -- ↺ on the timeline's first segment: the stream goes back to it, the timeline stops
+            button = page.locator("#segments li", has_text=first).locator("button")
+            assert await button.get_attribute("title") == "rewind to this segment"
+            await button.click()
+            await page.wait_for_function(f"{now} === {json.dumps(first)}", timeout=15_000)
+            await page.wait_for_selector("#timeline-stop", state="hidden", timeout=10_000)
+            await page.locator("#info p", has_text="timeline stopped").wait_for(timeout=10_000)   # a notice
+            assert await page.inner_text("#status") == "live"
+            await page.screenshot(path=str(OUTPUT / "record-timeline-rewind.png"))
         return video_href, sidecar_href
 
     video_href, sidecar_href = asyncio.run(main())
@@ -351,30 +348,23 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
 
 
 def test_page_says_at_once_when_the_server_goes_away():
-    from playwright.async_api import async_playwright
 
     require_browser()
     proc, url = start_server("--prompt", "a server about to stop")
 
     async def main() -> None:
-        errors: list[str] = []
-        async with async_playwright() as p:
-            browser = await launch(p)
-            try:
-                page = await open_page(browser, url, errors)
-                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
-                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
-                await asyncio.to_thread(stop_server, proc)       # SIGTERM: a clean stop
-                # before ICE would notice (several seconds), the page says the picture is not live
-                await page.wait_for_function(f"{STATUS} !== 'live'", timeout=3_000)
-                assert await page.inner_text("#status") == "disconnected"
-                assert await page.is_visible("#overlay")
-                assert "server" in await page.inner_text("#overlay")      # closed, or (2 s on) cannot be reached
-                assert await page.evaluate("document.getElementById('send').disabled")
-            finally:
-                await browser.close()
-        # the page keeps trying to reconnect to the stopped server: those failures are expected
-        assert not [e for e in errors if "Failed to load resource" not in e and "Cannot connect" not in e], errors
+        # (the page keeps trying to reconnect to the stopped server: those failures are expected)
+        async with chromium(expected=("Failed to load resource", "Cannot connect")) as (browser, errors):
+            page = await open_page(browser, url, errors)
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+            await asyncio.to_thread(stop_server, proc)       # SIGTERM: a clean stop
+            # before ICE would notice (several seconds), the page says the picture is not live
+            await page.wait_for_function(f"{STATUS} !== 'live'", timeout=3_000)
+            assert await page.inner_text("#status") == "disconnected"
+            assert await page.is_visible("#overlay")
+            assert "server" in await page.inner_text("#overlay")      # closed, or (2 s on) cannot be reached
+            assert await page.evaluate("document.getElementById('send').disabled")
 
     try:
         asyncio.run(main())
@@ -386,7 +376,6 @@ def test_page_says_at_once_when_the_server_goes_away():
 def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
     """The Enhance toggle: the AI's rewrite (the fake Messages API on loopback) is shown; Regenerate asks
     again, an edit is kept, Accept sends the reviewed text live; with the toggle off nothing is rewritten."""
-    from playwright.async_api import async_playwright
 
     from messages_api import FakeMessagesAPI
 
@@ -400,39 +389,33 @@ def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
         now = "document.getElementById('now').textContent"
 
         async def main() -> None:
-            errors: list[str] = []
-            async with async_playwright() as p:
-                browser = await launch(p)
-                try:
-                    page = await open_page(browser, url, errors)
-                    await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
-                    await page.wait_for_function("!document.getElementById('enhance').disabled")
-                    await page.check("#enhance")
-                    await page.fill("#prompt", "it swings")
-                    await page.press("#prompt", "Enter")
-                    await page.wait_for_function("document.getElementById('review-text').value.includes('swings left')",
-                                                 timeout=30_000)
-                    assert "10 + 5 tokens" in await page.inner_text("#review-meta")
-                    assert await page.evaluate(now) == "a lantern on a pier"       # nothing live yet
-                    await page.click("#review-regen")
-                    await page.wait_for_function("document.getElementById('review-text').value.includes('orange')",
-                                                 timeout=30_000)
-                    await page.click("#review-edit")
-                    await page.keyboard.type(" Slowly.")
-                    await page.click("#review-accept")
-                    final = "The lantern on the pier glows orange and swings right. Slowly."
-                    await page.locator("#applied li.applied", has_text=final).wait_for(timeout=30_000)
-                    assert await page.is_hidden("#review")
-                    # the toggle off: the prompt goes as typed, the model is not asked
-                    asked = len(api.messages_requests())
-                    await page.uncheck("#enhance")
-                    await page.fill("#prompt", "a gull lands")
-                    await page.press("#prompt", "Enter")
-                    await page.locator("#applied li.applied", has_text="a gull lands").wait_for(timeout=30_000)
-                    assert len(api.messages_requests()) == asked
-                finally:
-                    await browser.close()
-            assert not errors, errors
+            async with chromium() as (browser, errors):
+                page = await open_page(browser, url, errors)
+                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                await page.wait_for_function("!document.getElementById('enhance').disabled")
+                await page.check("#enhance")
+                await page.fill("#prompt", "it swings")
+                await page.press("#prompt", "Enter")
+                await page.wait_for_function("document.getElementById('review-text').value.includes('swings left')",
+                                             timeout=30_000)
+                assert "10 + 5 tokens" in await page.inner_text("#review-meta")
+                assert await page.evaluate(now) == "a lantern on a pier"       # nothing live yet
+                await page.click("#review-regen")
+                await page.wait_for_function("document.getElementById('review-text').value.includes('orange')",
+                                             timeout=30_000)
+                await page.click("#review-edit")
+                await page.keyboard.type(" Slowly.")
+                await page.click("#review-accept")
+                final = "The lantern on the pier glows orange and swings right. Slowly."
+                await page.locator("#applied li.applied", has_text=final).wait_for(timeout=30_000)
+                assert await page.is_hidden("#review")
+                # the toggle off: the prompt goes as typed, the model is not asked
+                asked = len(api.messages_requests())
+                await page.uncheck("#enhance")
+                await page.fill("#prompt", "a gull lands")
+                await page.press("#prompt", "Enter")
+                await page.locator("#applied li.applied", has_text="a gull lands").wait_for(timeout=30_000)
+                assert len(api.messages_requests()) == asked
 
         try:
             asyncio.run(main())
@@ -446,32 +429,25 @@ def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
 def test_projector_and_watch_pages_show_moving_video_and_no_controls(server):
     """/projector: the video alone, black around it, no cursor; /watch: a viewer page. Neither has a
     control element nor a control channel (the server counts no controller for them)."""
-    from playwright.async_api import async_playwright
 
     controls = "document.querySelectorAll('button, input, textarea, select, [contenteditable]').length"
     frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
 
     async def main() -> None:
-        errors: list[str] = []
-        async with async_playwright() as p:
-            browser = await launch(p)
-            try:
-                for path in ("projector", "watch"):
-                    before = json.loads(fetch(server + "/api/state"))["controllers"]
-                    page = await open_page(browser, server, errors, path="/" + path)
-                    await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
-                    n0 = await page.evaluate(frames)
-                    await page.wait_for_function(f"{frames} > {n0} + 5", timeout=20_000)     # it moves
-                    assert await page.evaluate(controls) == 0
-                    assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
-                    assert json.loads(fetch(server + "/api/state"))["controllers"] == before
-                    if path == "projector":
-                        style = await page.evaluate("[getComputedStyle(document.body).cursor, "
-                                                    "getComputedStyle(document.body).backgroundColor]")
-                        assert style == ["none", "rgb(0, 0, 0)"]
-                    await page.close()
-            finally:
-                await browser.close()
-        assert not errors, errors
+        async with chromium() as (browser, errors):
+            for path in ("projector", "watch"):
+                before = json.loads(fetch(server + "/api/state"))["controllers"]
+                page = await open_page(browser, server, errors, path="/" + path)
+                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+                n0 = await page.evaluate(frames)
+                await page.wait_for_function(f"{frames} > {n0} + 5", timeout=20_000)     # it moves
+                assert await page.evaluate(controls) == 0
+                assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
+                assert json.loads(fetch(server + "/api/state"))["controllers"] == before
+                if path == "projector":
+                    style = await page.evaluate("[getComputedStyle(document.body).cursor, "
+                                                "getComputedStyle(document.body).backgroundColor]")
+                    assert style == ["none", "rgb(0, 0, 0)"]
+                await page.close()
 
     asyncio.run(main())
