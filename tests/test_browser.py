@@ -122,6 +122,17 @@ def fetch(url: str) -> bytes:
         return r.read()
 
 
+def controllers(url: str) -> int:
+    return json.loads(fetch(url + "/api/state"))["controllers"]
+
+
+async def wait_for_controllers(url: str, n: int, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (now := await asyncio.to_thread(controllers, url)) != n:
+        assert time.monotonic() < deadline, f"{now} control clients are still connected, not {n}"
+        await asyncio.sleep(0.2)
+
+
 def timeline_file(name: str, obj: object) -> dict:
     """A file for the page's timeline picker (page.set_input_files)."""
     data = obj if isinstance(obj, bytes) else json.dumps(obj).encode()
@@ -436,14 +447,15 @@ def test_projector_and_watch_pages_show_moving_video_and_no_controls(server):
     async def main() -> None:
         async with chromium() as (browser, errors):
             for path in ("projector", "watch"):
-                before = json.loads(fetch(server + "/api/state"))["controllers"]
+                # the earlier tests' pages have gone; their control channels close a moment later
+                await wait_for_controllers(server, 0)
                 page = await open_page(browser, server, errors, path="/" + path)
                 await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
                 n0 = await page.evaluate(frames)
                 await page.wait_for_function(f"{frames} > {n0} + 5", timeout=20_000)     # it moves
                 assert await page.evaluate(controls) == 0
                 assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
-                assert json.loads(fetch(server + "/api/state"))["controllers"] == before
+                assert controllers(server) == 0              # this page opened no control channel
                 if path == "projector":
                     style = await page.evaluate("[getComputedStyle(document.body).cursor, "
                                                 "getComputedStyle(document.body).backgroundColor]")
