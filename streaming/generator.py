@@ -90,6 +90,21 @@ class StreamingGenerator:
         self._require_started()
         self._pending = (prompt_embedding, self.dit.encode_prompt(prompt_embedding.to(self.device)))
 
+    def set_conditioning(self, prompt_embedding: torch.Tensor) -> None:
+        """From the next block on, generate under `prompt_embedding` without re-caching the
+        window (a transition's intermediate blocks: only the cross-attention input changes).
+        A switch still pending is dropped: this conditioning replaces it."""
+        self._require_started()
+        self._pending = None
+        self.prompt_embedding = prompt_embedding
+        self.prompt = self.dit.encode_prompt(prompt_embedding.to(self.device))
+
+    @property
+    def latest_embedding(self) -> torch.Tensor:
+        """The conditioning the next block will be generated under (a pending switch's, if any)."""
+        self._require_started()
+        return self._pending[0] if self._pending is not None else self.prompt_embedding
+
     def reseed_noise(self, seed: int) -> None:
         """Noise from seed `seed` from the next block on (the state so far is kept)."""
         self._require_started()

@@ -19,6 +19,7 @@ import torch
 
 import kernels
 
+from .blend import Blend, Glide, TransitionSpec
 from .config import Config, apply_runtime
 from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
@@ -49,9 +50,10 @@ class Decoder(Protocol):
 class FrameBlock:
     frames: np.ndarray          # [N, H, W, 3] uint8
     block: int                  # block index in the stream
-    prompt: str                 # the prompt the block was generated under
+    prompt: str                 # the prompt (a blend's label) the block was generated under
     dit_ms: float
     decode_ms: float
+    transition: tuple[int, int] | None = None   # (k, N): block k of an N-block transition to `prompt`
 
 
 @dataclass
@@ -63,6 +65,7 @@ class PipelineSnapshot:
     decoder: Any
     prompt: str
     pending_prompt: str | None
+    glide: Glide | None = None
 
     @property
     def nbytes(self) -> int:
@@ -108,6 +111,7 @@ class VideoPipeline:
         self.device = generator.device
         self.prompt = ""
         self._pending_prompt: str | None = None
+        self._glide: Glide | None = None
         self._pinned: torch.Tensor | None = None
 
     # -- construction ------------------------------------------------------
@@ -150,35 +154,60 @@ class VideoPipeline:
     def size(self) -> tuple[int, int]:
         return self.cfg.video.width, self.cfg.video.height
 
-    def encode(self, prompt: str) -> torch.Tensor:
-        """The prompt's text embedding (cached by prompt). Safe to call from another thread
-        while this one generates, so a new prompt can be encoded without stalling the stream."""
+    def encode(self, prompt: str | Blend) -> torch.Tensor:
+        """The conditioning of a prompt or a blend (text embeddings cached by prompt). Safe to
+        call from another thread while this one generates, so a new prompt can be encoded
+        without stalling the stream."""
+        if isinstance(prompt, Blend):
+            return prompt.embed(self.text.encode)
         return self.text.encode(prompt)
 
-    def start(self, prompt: str, seed: int = 0, embedding: torch.Tensor | None = None) -> None:
+    def start(self, prompt: str | Blend, seed: int = 0, embedding: torch.Tensor | None = None) -> None:
         """A new stream under `prompt` (its `embedding` when already encoded) with noise seed `seed`."""
         embedding = self.encode(prompt) if embedding is None else embedding
         self.generator.reset(embedding, seed)
         self.decoder.reset()
-        self.prompt, self._pending_prompt = prompt, None
+        self.prompt, self._pending_prompt, self._glide = _label(prompt), None, None
 
-    def switch_prompt(self, prompt: str, embedding: torch.Tensor | None = None) -> None:
-        """Takes effect at the next block (KV re-cache with the new prompt)."""
+    def switch_prompt(self, prompt: str | Blend, embedding: torch.Tensor | None = None,
+                      transition: TransitionSpec | None = None) -> None:
+        """Takes effect at the next block: a cut (KV re-cache with the new conditioning), or
+        with a `transition` of N > 1 blocks a glide from the conditioning the next block would
+        have had to the new one, ending in the same re-cache (see `streaming.blend`). A switch
+        during a glide starts from where the glide has got to."""
         embedding = self.encode(prompt) if embedding is None else embedding
-        self.generator.switch_prompt(embedding)
-        self._pending_prompt = prompt
+        if transition is None or transition.blocks <= 1:
+            self.generator.switch_prompt(embedding)
+            self._glide = None
+        else:
+            self._glide = Glide(_label(prompt), self.generator.latest_embedding, embedding, transition)
+        self._pending_prompt = _label(prompt)
+
+    @property
+    def transition(self) -> tuple[int, int] | None:
+        """(blocks done, blocks in all) of the transition under way, else None."""
+        return None if self._glide is None else (self._glide.step, self._glide.spec.blocks)
 
     @torch.no_grad()
     def next_frames(self) -> FrameBlock:
         if self._pending_prompt is not None:
             self.prompt, self._pending_prompt = self._pending_prompt, None
+        step = None
+        if self._glide is not None:
+            self._glide, embedding, last = self._glide.advance()
+            step = (self._glide.step, self._glide.spec.blocks)
+            if last:
+                self.generator.switch_prompt(embedding)     # the usual re-cache, under the target
+                self._glide = None
+            else:
+                self.generator.set_conditioning(embedding)
         block = self.generator.block
         clock = _BlockClock(self.device)
         latents = self.generator.next_block()
         clock.mark()
         frames = self._to_host(to_uint8(self.decoder.decode(latents)))  # the one sync point of a block
         dit_ms, decode_ms = clock.finish()
-        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms)
+        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms, step)
 
     def reseed_noise(self, seed: int) -> None:
         """Fresh noise: from the next block on it comes from `seed`; the stream's state is kept."""
@@ -187,13 +216,13 @@ class VideoPipeline:
     def snapshot(self, device: torch.device | str | None = None) -> PipelineSnapshot:
         """The stream at this block boundary (`device="cpu"` keeps GPU memory free)."""
         return PipelineSnapshot(self.generator.snapshot(device), self.decoder.state(), self.prompt,
-                                self._pending_prompt)
+                                self._pending_prompt, self._glide)
 
     def restore(self, snap: PipelineSnapshot) -> None:
         """Back to a snapshot's block boundary; the snapshot stays usable for another restore."""
         self.generator.restore(snap.generator)
         self.decoder.set_state(snap.decoder)
-        self.prompt, self._pending_prompt = snap.prompt, snap.pending_prompt
+        self.prompt, self._pending_prompt, self._glide = snap.prompt, snap.pending_prompt, snap.glide
 
     # -- internals ------------------------------------------------------------
     def _to_host(self, frames: torch.Tensor) -> np.ndarray:
@@ -233,6 +262,10 @@ class _BlockClock:
         self.times.append(time.perf_counter())
         t = self.times
         return (t[1] - t[0]) * 1e3, (t[2] - t[1]) * 1e3
+
+
+def _label(prompt: str | Blend) -> str:
+    return prompt.label if isinstance(prompt, Blend) else prompt
 
 
 def _maybe_fp8(dit, cfg: Config, device: torch.device):
