@@ -8,19 +8,24 @@ else raises `ProtocolError` with one sentence for the client. Server messages ar
 `Event` dataclasses below, encoded with `encode`.
 
 To add a command: write a `Command` subclass with its fields (each described by a `Text`,
-`Integer`, `Flag`, `TimelineValue` or `RequestId` spec through `spec(...)`), add it to `COMMANDS`,
-handle it in the engine (or the control hub) and describe it in docs/PROTOCOL.md.
+`Integer`, `Real`, `Flag`, `Choice`, `PromptsValue`, `TransitionValue`, `TimelineValue` or
+`RequestId` spec through `spec(...)`; checks across fields go in its `validate`), add it to
+`COMMANDS`, handle it in the engine (or the control hub) and describe it in docs/PROTOCOL.md.
+Every control path (data channel, WebSocket, HTTP, OSC) ends in `parse_command`, so they
+share one schema and one error vocabulary.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
 import msgpack
 
+from streaming.blend import MAX_PARTS, MAX_TRANSITION_BLOCKS, METHODS, Blend, TransitionSpec
 from streaming.errors import UserError, one_line
 from streaming.noise import SEED_MAX
 
@@ -28,6 +33,10 @@ PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 * 1024      # one encoded control message
 MAX_PROMPT_CHARS = 2000            # one prompt
 MAX_ID_CHARS = 128                 # a string request id
+MAX_CUES = 99                      # cue numbers are 1..MAX_CUES (keys 1-9 fire the first nine)
+MAX_CUE_NAME_CHARS = 80
+QUANTIZE = ("none", "beat", "bar")
+BPM_RANGE = (20.0, 300.0)
 
 RequestIdValue = Union[str, int, None]
 
@@ -82,6 +91,85 @@ class Integer(Spec):
         if not self.lo <= value <= self.hi:
             raise ProtocolError(f"{where} must be between {self.lo} and {self.hi}")
         return value
+
+
+@dataclass(frozen=True)
+class Real(Spec):
+    lo: float
+    hi: float
+    wire_type: ClassVar[str] = "number"
+
+    def check(self, where: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProtocolError(f"{where} must be a number, not {_wire_name(value)}")
+        if not math.isfinite(value) or not self.lo <= value <= self.hi:
+            raise ProtocolError(f"{where} must be between {self.lo:g} and {self.hi:g}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class Choice(Spec):
+    options: tuple[str, ...]
+    wire_type: ClassVar[str] = "str"
+
+    def check(self, where: str, value: Any) -> str:
+        if not isinstance(value, str):
+            raise ProtocolError(f"{where} must be a string, not {_wire_name(value)}")
+        if value not in self.options:
+            raise ProtocolError(f"{where} must be one of {', '.join(self.options)}, not {_short(value)!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class PromptsValue(Spec):
+    """A weighted list of prompts, `[{"text": str, "weight": number >= 0}]` (weight 1 when
+    left out): a blend, weights normalised to sum to 1 (streaming.blend.Blend)."""
+
+    wire_type: ClassVar[str] = "list of {text, weight}"
+
+    def check(self, where: str, value: Any) -> Blend:
+        if not isinstance(value, list):
+            raise ProtocolError(f"{where} must be a list of {{text, weight}} maps, not {_wire_name(value)}")
+        if not 1 <= len(value) <= MAX_PARTS:
+            raise ProtocolError(f"{where} needs 1 to {MAX_PARTS} prompts, not {len(value)}")
+        items = []
+        for i, item in enumerate(value):
+            at = f"{where}[{i}]"
+            if not isinstance(item, dict):
+                raise ProtocolError(f"{at} must be a map with text and weight, not {_wire_name(item)}")
+            for key in item:
+                if key not in ("text", "weight"):
+                    raise ProtocolError(f"{at} has no field {_short(str(key))!r} (text, weight)")
+            if "text" not in item:
+                raise ProtocolError(f"{at} needs the field 'text' (str)")
+            text = Text(max_chars=MAX_PROMPT_CHARS, min_chars=1).check(f"{at}.text", item["text"])
+            weight = Real(0.0, 1e6).check(f"{at}.weight", item.get("weight", 1.0))
+            items.append((text, weight))
+        if sum(w for _, w in items) <= 0:
+            raise ProtocolError(f"{where}: the weights add up to 0; give at least one prompt a weight above 0")
+        return Blend.of(items)
+
+
+@dataclass(frozen=True)
+class TransitionValue(Spec):
+    """`{"blocks": 0..64, "method": "linear" | "slerp"}` (linear when left out); null or
+    blocks 0 or 1: a cut (streaming.blend.TransitionSpec)."""
+
+    wire_type: ClassVar[str] = "{blocks, method} | null"
+
+    def check(self, where: str, value: Any) -> TransitionSpec:
+        if value is None:
+            return TransitionSpec(0)
+        if not isinstance(value, dict):
+            raise ProtocolError(f"{where} must be a map {{blocks, method}} or null, not {_wire_name(value)}")
+        for key in value:
+            if key not in ("blocks", "method"):
+                raise ProtocolError(f"{where} has no field {_short(str(key))!r} (blocks, method)")
+        if "blocks" not in value:
+            raise ProtocolError(f"{where} needs the field 'blocks' (int)")
+        blocks = Integer(0, MAX_TRANSITION_BLOCKS).check(f"{where}.blocks", value["blocks"])
+        method = Choice(METHODS).check(f"{where}.method", value.get("method", "linear"))
+        return TransitionSpec(blocks, method)
 
 
 @dataclass(frozen=True)
@@ -140,13 +228,45 @@ class Command:
     DOC: ClassVar[str] = ""
     id: RequestIdValue = spec(RequestId(), default=None)
 
+    def validate(self) -> None:
+        """Checks across fields (each field's own checks are its spec's); raises ProtocolError."""
+
+
+class _OnePrompt:
+    """`text` (one prompt) or `prompts` (a blend): exactly one of them."""
+
+    text: str | None
+    prompts: Blend | None
+
+    def _check_prompt(self) -> None:
+        if (self.text is None) == (self.prompts is None):
+            raise ProtocolError(f"{self.TYPE!r} needs exactly one of 'text' (str) and 'prompts' "   # type: ignore
+                                f"(list of {{text, weight}})")
+
+    @property
+    def blend(self) -> Blend:
+        return self.prompts if self.prompts is not None else Blend.of(self.text or "")
+
+    @property
+    def label(self) -> str:
+        """The prompt, or the blend's label (`a (70%) + b (30%)`)."""
+        return self.blend.label
+
 
 @dataclass(frozen=True, kw_only=True)
-class PromptCommand(Command):
+class PromptCommand(_OnePrompt, Command):
     TYPE = "prompt"
-    DOC = "Switch to a new prompt at the next block boundary (KV re-cache); enhance: true has the AI rewrite it first."
-    text: str = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1))
+    DOC = ("Switch to a new prompt (text) or blend (prompts) at the next block boundary (KV re-cache); "
+           "transition glides there over N blocks; enhance: true has the AI rewrite the text first.")
+    text: str | None = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1), default=None)
+    prompts: Blend | None = spec(PromptsValue(), default=None)
+    transition: TransitionSpec | None = spec(TransitionValue(), default=None)   # None: the server's default
     enhance: bool = spec(Flag(), default=False)
+
+    def validate(self) -> None:
+        self._check_prompt()
+        if self.enhance and self.text is None:
+            raise ProtocolError("'prompt' with enhance: true needs 'text'; a blend is sent as it is")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -200,6 +320,59 @@ class RewindCommand(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CueCommand(_OnePrompt, Command):
+    TYPE = "cue"
+    DOC = ("Store a prompt (text) or blend (prompts) in cue N of the cue bank, with a name and its own "
+           "transition (else the server's default applies when it fires).")
+    cue: int = spec(Integer(1, MAX_CUES))
+    name: str = spec(Text(max_chars=MAX_CUE_NAME_CHARS), default="")
+    text: str | None = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1), default=None)
+    prompts: Blend | None = spec(PromptsValue(), default=None)
+    transition: TransitionSpec | None = spec(TransitionValue(), default=None)
+
+    def validate(self) -> None:
+        self._check_prompt()
+
+
+@dataclass(frozen=True, kw_only=True)
+class ArmCommand(Command):
+    TYPE = "arm"
+    DOC = "Arm cue N: its conditioning is encoded now, so firing it costs no encoder time."
+    cue: int = spec(Integer(1, MAX_CUES))
+
+
+@dataclass(frozen=True, kw_only=True)
+class FireCommand(Command):
+    TYPE = "fire"
+    DOC = ("Switch to cue N: at the next block (quantize none), or at the first block that reaches the "
+           "screen at or after the next beat or bar of the tempo.")
+    cue: int = spec(Integer(1, MAX_CUES))
+    quantize: str = spec(Choice(QUANTIZE), default="none")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TempoCommand(Command):
+    TYPE = "tempo"
+    DOC = "Set the internal tempo (BPM) and, optionally, the beats in a bar; ignored while Ableton Link leads."
+    bpm: float = spec(Real(*BPM_RANGE))
+    beats_per_bar: int | None = spec(Integer(1, 16), default=None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TapCommand(Command):
+    TYPE = "tap"
+    DOC = "Tap tempo: a beat is now; taps a steady interval apart set the BPM, and the latest tap is a downbeat."
+
+
+@dataclass(frozen=True, kw_only=True)
+class TransitionCommand(Command):
+    TYPE = "transition"
+    DOC = "Set the default transition for switches that do not name their own (blocks 0: cuts)."
+    blocks: int = spec(Integer(0, MAX_TRANSITION_BLOCKS))
+    method: str = spec(Choice(METHODS), default="linear")
+
+
+@dataclass(frozen=True, kw_only=True)
 class StatusCommand(Command):
     TYPE = "status"
     DOC = "Ask for the current state; answered with a `state` message."
@@ -208,7 +381,8 @@ class StatusCommand(Command):
 # The one table of client message types.
 COMMANDS: dict[str, type[Command]] = {
     cls.TYPE: cls for cls in (PromptCommand, EnhanceCommand, SeedCommand, PauseCommand, ResumeCommand, RecordCommand,
-                              TimelineCommand, RewindCommand, StatusCommand)
+                              TimelineCommand, RewindCommand, CueCommand, ArmCommand, FireCommand, TempoCommand,
+                              TapCommand, TransitionCommand, StatusCommand)
 }
 
 
@@ -273,7 +447,12 @@ def parse_command(obj: dict[str, Any]) -> Command:
             kwargs[name] = s.check(f"{kind}.{name}", obj[name])
         except ProtocolError as e:
             raise ProtocolError(str(e), rid) from None
-    return cls(**kwargs)
+    command = cls(**kwargs)
+    try:
+        command.validate()
+    except ProtocolError as e:
+        raise ProtocolError(str(e), rid) from None
+    return command
 
 
 def read_command(data: bytes | bytearray | memoryview | str) -> Command:
