@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streaming.blend import MAX_TRANSITION_BLOCKS, Blend, TransitionSpec
 from streaming.errors import UserError
 from streaming.noise import SEED_MAX
 
@@ -87,6 +88,18 @@ class Segment:
     def main_prompt(self) -> WeightedPrompt:
         """The prompt with the highest weight, the first of equals."""
         return max(self.prompts, key=lambda p: p.weight)
+
+    def blend(self) -> str | Blend:
+        """What the segment plays: its prompt (one prompt, as a string), or the blend of its
+        weighted prompts (weights normalised)."""
+        blend = Blend.of((p.text, p.weight) for p in self.prompts)
+        return blend.single if blend.single is not None else blend
+
+    def transition_spec(self) -> TransitionSpec | None:
+        """How it takes over from the previous segment: a glide over that many blocks, or None (a cut)."""
+        if self.transition is None or self.transition.blocks <= 1:
+            return None
+        return TransitionSpec(min(self.transition.blocks, MAX_TRANSITION_BLOCKS), self.transition.method)
 
 
 @dataclass(frozen=True)
