@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import statistics
 import time
@@ -27,11 +28,16 @@ from typing import Any, Callable, Protocol
 from aiohttp import web
 from aiortc import RTCDataChannel
 
+from streaming.blend import Blend, TransitionSpec
+
+from .cues import Cue, CueBank, CueError
 from .engine import CommandRefused, Engine
-from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, Command, EnhanceCommand,
-                       EnhancedEvent, ErrorEvent, Event, Hello, PromptCommand, ProtocolError, RecordCommand,
-                       RewindCommand, StateEvent, Stats, StatusCommand, encode, read_command)
+from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, CueCommand,
+                       EnhanceCommand, EnhancedEvent, ErrorEvent, Event, FireCommand, Hello, PromptCommand,
+                       ProtocolError, RecordCommand, RewindCommand, StateEvent, Stats, StatusCommand, TapCommand,
+                       TempoCommand, TransitionCommand, encode, read_command)
 from .recorder import Recorder, RecordingError
+from .tempo import LinkTempo, TempoClock
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +146,15 @@ class WebSocketEndpoint(Endpoint):
 
 class ControlHub:
     def __init__(self, engine: Engine, info: ServerInfo, *, viewers: ViewerSource | None = None,
-                 stats_interval: float = 1.0, recorder: Recorder | None = None, enhancer: Any = None):
+                 stats_interval: float = 1.0, recorder: Recorder | None = None, enhancer: Any = None,
+                 cues: CueBank | None = None, tempo: TempoClock | None = None, link: bool = False):
         self.engine = engine
+        self.cues = cues if cues is not None else CueBank()
+        self.tempo = tempo if tempo is not None else TempoClock(clock=engine.clock)
+        self.default_transition = TransitionSpec(0)     # switches that name no transition: cuts
+        self._want_link = link
+        self.link: LinkTempo | None = None
+        self._tempo_notice: str | None = None
         self.info = info
         self.viewers = viewers
         self.recorder = recorder
@@ -157,6 +170,13 @@ class ControlHub:
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         self._unsubscribe = self.engine.subscribe(self.broadcast, asyncio.get_running_loop())
+        if self._want_link:
+            self.link, self._tempo_notice = LinkTempo.open(self.tempo, asyncio.get_running_loop())
+            if self.link is not None:
+                self.link.start()
+                log.info("following Ableton Link (%d peers)", self.link.peers())
+            else:
+                log.warning("%s", self._tempo_notice)
         self._stats_task = asyncio.create_task(self._stats_loop(), name="longlive-stats")
         if self.enhancer is not None:
             self.enhancer.session.set_grounding(self.engine.state().prompt)   # the stream's first prompt anchors it
@@ -166,6 +186,9 @@ class ControlHub:
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        if self.link is not None:
+            await self.link.close()
+            self.link = None
         if self._unsubscribe:
             self._unsubscribe()
             self._unsubscribe = None
@@ -231,22 +254,102 @@ class ControlHub:
         if isinstance(command, EnhanceCommand) or (isinstance(command, PromptCommand) and command.enhance):
             self._spawn(self._enhance_and_reply(command, reply))
             return
-        self._submit(command, reply)
+        stage = self._STAGE.get(type(command))
+        if stage is not None:
+            stage(self, command, reply)
+            return
+        if self._submit(command, reply):
+            reply(Ack(id=command.id, command=command.TYPE))
 
-    def _submit(self, command: Command, reply: Callable[[Event], None]) -> None:
+    def _submit(self, command: Command, reply: Callable[[Event], None], **how: Any) -> bool:
+        """Hand a command to the engine (a prompt naming no transition gets the default one);
+        False, with an error replied, when the engine refuses it."""
         blocks = self.engine.state().blocks
+        if isinstance(command, PromptCommand) and command.transition is None and self.default_transition.blocks > 1:
+            command = dataclasses.replace(command, transition=self.default_transition)
         try:
-            self.engine.submit(command)
+            self.engine.submit(command, **how)
         except CommandRefused as e:
             reply(ErrorEvent(id=command.id, message=str(e)))
-            return
-        reply(Ack(id=command.id, command=command.TYPE))
+            return False
         if self.enhancer is not None and isinstance(command, PromptCommand):
             # every prompt that goes live joins the enhancer's history, so later rewrites stay consistent
             self._marks.append((blocks, self.enhancer.session.mark()))
-            self.enhancer.session.accept(command.text)
+            self.enhancer.session.accept(command.label)
         elif self.enhancer is not None and isinstance(command, RewindCommand):
             self._revert_history(command.segment)
+        return True
+
+    def _ack(self, command: Command, reply: Callable[[Event], None], state_changed: bool = True) -> None:
+        reply(Ack(id=command.id, command=command.TYPE))
+        if state_changed:
+            self.broadcast(StateEvent(state={}))
+
+    # -- the stage: cues, tempo, the default transition -------------------------------------------
+    def _set_cue(self, command: CueCommand, reply: Callable[[Event], None]) -> None:
+        self.cues.set(command)
+        self._ack(command, reply)
+
+    def _arm(self, command: ArmCommand, reply: Callable[[Event], None]) -> None:
+        """Encode the cue's conditioning now, beside generation, so firing it costs no encoder time."""
+        try:
+            cue = self.cues.get(command.cue)
+        except CueError as e:
+            reply(ErrorEvent(id=command.id, message=str(e)))
+            return
+        job = self.engine.encoder.prepare(_conditioning(cue))
+        self.cues.arm(command.cue, job)
+        loop = asyncio.get_running_loop()
+        job.add_done_callback(lambda _: loop.call_soon_threadsafe(self._armed_ready, command.cue))
+        self._ack(command, reply)
+
+    def _armed_ready(self, number: int) -> None:
+        if self.cues.armed == number:
+            self.broadcast(StateEvent(state={}))
+
+    def _fire(self, command: FireCommand, reply: Callable[[Event], None]) -> None:
+        """Switch to a cue: at the next block, or quantised to the tempo's next beat or bar."""
+        try:
+            cue = self.cues.get(command.cue)
+        except CueError as e:
+            reply(ErrorEvent(id=command.id, message=str(e)))
+            return
+        ready = self.cues.take_armed(command.cue)
+        blend = cue.prompt
+        prompt = PromptCommand(id=command.id, text=blend.single, prompts=None if blend.single is not None else blend,
+                               transition=cue.transition)
+        due = None if command.quantize == "none" else self.tempo.next(self.engine.clock(), command.quantize)
+        if self._submit(prompt, reply, ready=ready, due=due, cue=(command.cue, command.quantize)):
+            self._ack(command, reply)
+        elif ready is not None:
+            self.cues.arm(command.cue, ready)    # refused: it stays armed
+
+    def _set_tempo(self, command: TempoCommand, reply: Callable[[Event], None]) -> None:
+        self.tempo.set(command.bpm, command.beats_per_bar)
+        if self.link is not None:
+            self.link.propose(command.bpm)
+        self._ack(command, reply)
+
+    def _tap(self, command: TapCommand, reply: Callable[[Event], None]) -> None:
+        self.tempo.tap()
+        self._ack(command, reply)
+
+    def _set_transition(self, command: TransitionCommand, reply: Callable[[Event], None]) -> None:
+        self.default_transition = TransitionSpec(command.blocks, command.method)
+        self._ack(command, reply)
+
+    _STAGE: dict[type, Callable[..., None]] = {CueCommand: _set_cue, ArmCommand: _arm, FireCommand: _fire,
+                                               TempoCommand: _set_tempo, TapCommand: _tap,
+                                               TransitionCommand: _set_transition}
+
+    def stage_state(self) -> dict[str, Any]:
+        """Cues, tempo and the default transition, for the state."""
+        armed = self.cues.armed
+        tempo = {**self.tempo.state(), "notice": self._tempo_notice,
+                 "peers": self.link.peers() if self.link is not None else None}
+        t = self.default_transition
+        return {"cues": self.cues.listed(), "armed": armed, "armed_ready": self.cues.armed_ready(),
+                "tempo": tempo, "transition_default": {"blocks": t.blocks, "method": t.method}}
 
     # -- AI enhancement ----------------------------------------------------------------------------
     async def enhance(self, command: EnhanceCommand | PromptCommand) -> EnhancedEvent:
@@ -264,7 +367,9 @@ class ControlHub:
         event = await self.enhance(command)
         reply(event)
         if isinstance(command, PromptCommand):      # enhance: true: what comes back goes live
-            self._submit(PromptCommand(id=command.id, text=event.text), reply)
+            live = PromptCommand(id=command.id, text=event.text, transition=command.transition)
+            if self._submit(live, reply):
+                reply(Ack(id=command.id, command=command.TYPE))
 
     def _revert_history(self, segment: int) -> None:
         """A rewind: the history goes back to what it was when that segment began."""
@@ -333,6 +438,9 @@ class ControlHub:
             "prompts": s.history,
             "segments": s.segments,
             "timeline": s.timeline,
+            "transition": s.transition,
+            "last_fire": s.last_fire,
+            **self.stage_state(),
             "recording": self.recorder.status() if self.recorder else None,
             "enhancer": None if self.enhancer is None else {"available": self.enhancer.available,
                                                             "notice": self.enhancer.notice},
@@ -446,3 +554,7 @@ class FrameRates:
 
 def _round(value: float | None, digits: int = 2) -> float | None:
     return None if value is None else round(value, digits)
+
+
+def _conditioning(cue: Cue) -> str | Blend:
+    return cue.prompt.single if cue.prompt.single is not None else cue.prompt

@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import math
 import secrets
 import threading
 import time
@@ -65,6 +66,7 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from streaming.blend import Blend, TransitionSpec
 from streaming.errors import UserError, one_line
 from streaming.noise import SEED_MAX
 from studio.lineage import Lineage
@@ -133,6 +135,8 @@ class _Queued:
     command: Command
     received: float                          # engine clock
     job: Future | None = None                # the encoding of a prompt command
+    due: float | None = None                 # engine clock: not on screen before this (a quantised cue)
+    cue: tuple[int, str] | None = None       # (cue number, quantize) of a fired cue
 
 
 @dataclass
@@ -141,6 +145,9 @@ class _PendingPrompt:
     received: float
     job: Future
     superseded: list[RequestIdValue] = field(default_factory=list)   # ids this prompt replaced
+    due: float | None = None
+    cue: tuple[int, str] | None = None
+    transition: TransitionSpec | None = None     # as applied (a timeline's segment brings its own)
 
     @property
     def encoded(self) -> Encoded:
@@ -152,7 +159,7 @@ class _TimelinePlay:
     """A timeline playing live: its prompts by the stream block they take effect at."""
 
     timeline: Timeline
-    entries: collections.deque[tuple[int, str]]     # (stream block, prompt), in order
+    entries: collections.deque[tuple[int, str | Blend, TransitionSpec | None]]   # (stream block, prompt, transition)
     end_block: int                                  # the stream block after its last segment
     command: TimelineCommand
     job: tuple[str, Future] | None = None           # the next entry's encoding
@@ -178,6 +185,8 @@ class EngineState:
     history: list[dict[str, Any]] = field(default_factory=list)
     segments: list[dict[str, Any]] = field(default_factory=list)   # the kept rewind points, oldest first
     timeline: dict[str, Any] | None = None    # the timeline playing, if any
+    transition: dict[str, Any] | None = None  # a glide in progress: to, step, blocks, method
+    last_fire: dict[str, Any] | None = None   # the last fired cue: cue, quantize, due_in_ms, offset_ms
 
 
 def cuda_index(pipe: Any) -> int | None:
@@ -218,7 +227,8 @@ class Engine:
         self.bus = FrameBus(pipe.fps, capacity=ring_frames or (lead_blocks + 2) * video_frames_per_block, clock=clock)
         self._clock = clock
         self._sleep = sleep or self._wait_unless_stopping
-        self._prompt = prompt          # what the stream runs under (or switches to at the next block)
+        self._prompt = prompt          # what the stream runs under (or switches to at the next block): its label
+        self._conditioning: str | Blend = prompt   # ... as the pipeline takes it
         self._embedding: Any = None    # its embedding (None: encode it when the stream starts)
         self._seed = seed
         self._cond = threading.Condition()
@@ -251,6 +261,8 @@ class Engine:
         self._rewind_said = False      # told the log once that snapshots do not fit the budget
         self._sinks: list[BlockSink] = []
         self._timeline: _TimelinePlay | None = None
+        self._glide: dict[str, Any] | None = None       # the transition in progress (state)
+        self._last_fire: dict[str, Any] | None = None
         self._clock_of_blocks = BlockClock(pipe.fps, _latent_frames_per_block(pipe))
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -277,10 +289,18 @@ class Engine:
         return self._thread is not None and self._thread.is_alive()
 
     # -- commands (any thread) -------------------------------------------------------------------
-    def submit(self, command: Command) -> None:
+    def clock(self) -> float:
+        """The engine's clock (what `due` times are on)."""
+        return self._clock()
+
+    def submit(self, command: Command, *, ready: Future | None = None, due: float | None = None,
+               cue: tuple[int, str] | None = None) -> None:
         """Queue a command for the next block boundary (pause/resume act on playback at once;
-        a prompt starts encoding at once). Raises `CommandRefused` when the engine is not
-        running or `queue_size` commands are already waiting."""
+        a prompt starts encoding at once, unless `ready` is its encoding already under way or
+        done: an armed cue). A prompt with `due` (engine clock) switches at the first block that
+        reaches the screen at or after that time (a cue quantised to the beat). Raises
+        `CommandRefused` when the engine is not running or `queue_size` commands are already
+        waiting."""
         with self._cond:
             if self._thread is not None and self._thread.ident is not None and not self._thread.is_alive():
                 self._status = STOPPED     # the worker is gone (it cannot be, short of a bug): say so
@@ -295,9 +315,9 @@ class Engine:
                 self.bus.resume()
             job = None
             if isinstance(command, PromptCommand):
-                job = self.encoder.request(command.text)
-                self._newest = (job, command.text)
-            self._commands.append(_Queued(command, self._clock(), job))
+                job = ready if ready is not None else self.encoder.request(_conditioning(command))
+                self._newest = (job, command.label)
+            self._commands.append(_Queued(command, self._clock(), job, due, cue))
             self._cond.notify_all()
 
     def _refusal(self, command: Command) -> str:
@@ -354,7 +374,9 @@ class Engine:
                                restarts=self._restarts, pending_prompt=self._newest[1] if self._newest else None,
                                history=_bounded_history(self._history),
                                segments=self.rewind.listed(),
-                               timeline=self._timeline_state())
+                               timeline=self._timeline_state(),
+                               transition=dict(self._glide) if self._glide else None,
+                               last_fire=dict(self._last_fire) if self._last_fire else None)
 
     def _timeline_state(self) -> dict[str, Any] | None:
         play = self._timeline
@@ -417,7 +439,7 @@ class Engine:
 
     def _start_stream(self) -> None:
         with self._cond:
-            prompt, seed, embedding = self._prompt, self._seed, self._embedding
+            prompt, seed, embedding = self._conditioning, self._seed, self._embedding
         if embedding is None:          # the first stream: its prompt has not been encoded yet
             embedding = self.pipe.encode(prompt)
             with self._cond:
@@ -425,10 +447,11 @@ class Engine:
         self.pipe.start(prompt, seed, embedding)
         self._began(prompt, seed, "start" if self._blocks == 0 else "restart after a failure")
 
-    def _began(self, prompt: str, seed: int, cause: str) -> None:
+    def _began(self, prompt: str | Blend, seed: int, cause: str) -> None:
         """The pipeline started a new stream: a new lineage from block 0, a new segment."""
         self._lineage, self._stream_block = Lineage(prompt, seed), 0
         self._cause, self._new_segment = cause, True
+        self._glide = None
 
     def _recover(self, exc: Exception) -> bool:
         """One failure: tell every client, then back off (True: start again) or give up (False)."""
@@ -506,7 +529,7 @@ class Engine:
             command = item.command
             if isinstance(command, PromptCommand):
                 assert item.job is not None
-                self._asked.append(_PendingPrompt(command, item.received, item.job))
+                self._asked.append(_PendingPrompt(command, item.received, item.job, due=item.due, cue=item.cue))
                 continue
             self._applying = command
             if isinstance(command, SeedCommand):
@@ -528,8 +551,9 @@ class Engine:
                 self._stop_timeline(ready.command.id, "a prompt was sent")
                 changed = True
             self._applying = ready.command
+            ready.transition = ready.command.transition
             try:
-                self.pipe.switch_prompt(ready.command.text, ready.encoded.embedding)
+                self._switch(_conditioning(ready.command), ready.encoded.embedding, ready.transition)
             except Exception:          # the supervisor restarts under the old prompt
                 self._forget(ready.job)
                 raise
@@ -544,9 +568,9 @@ class Engine:
             self._stop_timeline(command.id, "the seed changed")
         ready = self._take_ready()
         with self._cond:
-            prompt, embedding = self._prompt, self._embedding
+            prompt, embedding = self._conditioning, self._embedding
         if ready is not None:
-            prompt, embedding = ready.command.text, ready.encoded.embedding
+            prompt, embedding = _conditioning(ready.command), ready.encoded.embedding
         try:
             self.pipe.start(prompt, command.seed, embedding)
         except Exception:              # the supervisor restarts with the old seed and prompt
@@ -555,7 +579,7 @@ class Engine:
             raise
         with self._cond:
             self._seed = command.seed
-            self._prompt, self._embedding = prompt, embedding
+            self._set_prompt(prompt, embedding)
         self._began(prompt, command.seed, f"seed {command.seed}")
         if ready is not None:
             self._switched_to(ready, at_start=True)
@@ -583,7 +607,8 @@ class Engine:
             self.pipe.reseed_noise(seed)
             lineage = lineage.with_noise(point.block, seed)
         with self._cond:
-            self._prompt, self._embedding = point.prompt, point.embedding
+            self._set_prompt(point.conditioning if point.conditioning is not None else point.prompt, point.embedding)
+        self._glide = None
         self._lineage, self._stream_block = lineage, point.block
         self._cause = f"rewind to segment {point.segment}" + (" with fresh noise" if command.fresh else "")
         log.info("%s (block %d): %r", self._cause, point.block, point.prompt)
@@ -599,7 +624,8 @@ class Engine:
         with self._cond:
             point = RewindPoint(segment=self.rewind.next_segment(), index=self._blocks, block=self._stream_block,
                                 prompt=self._prompt, time=time.time(), lineage=self._lineage,
-                                embedding=self._embedding, snapshot=snap, nbytes=int(getattr(snap, "nbytes", 0)))
+                                embedding=self._embedding, snapshot=snap, nbytes=int(getattr(snap, "nbytes", 0)),
+                                conditioning=self._conditioning)
             kept = self.rewind.put(point)
         if kept:
             self.emit(StateEvent(state=self._state_delta()))     # every client's segment list
@@ -617,18 +643,16 @@ class Engine:
         timeline = command.timeline
         if timeline is None:
             return
-        for notice in (timeline.blend_notice(), timeline.transition_notice()):
-            if notice:
-                self.emit(Notice(id=command.id, message=notice))
-        entries = collections.deque((block, seg.main_prompt().text)
+        entries = collections.deque((block, seg.blend(), seg.transition_spec())
                                     for block, seg in timeline.schedule(self._clock_of_blocks))
-        _, first = entries.popleft()
+        _, first, _ = entries.popleft()
         with self._cond:
             seed = self._seed if timeline.settings.seed is None else timeline.settings.seed
         embedding = self.pipe.encode(first)
         self.pipe.start(first, seed, embedding)
         with self._cond:
-            self._prompt, self._embedding, self._seed = first, embedding, seed
+            self._set_prompt(first, embedding)
+            self._seed = seed
         self._began(first, seed, "timeline")
         end = self._clock_of_blocks.blocks_for(timeline.duration)
         self._timeline = _TimelinePlay(timeline, entries, end, command)
@@ -646,7 +670,7 @@ class Engine:
             return True
         switched = False
         if play.entries and play.entries[0][0] <= self._stream_block:
-            _, text = play.entries.popleft()
+            _, text, transition = play.entries.popleft()
             job = play.job[1] if play.job and play.job[0] == text else None
             play.job = None
             embedding = None
@@ -657,18 +681,20 @@ class Engine:
                     embedding = None
             if embedding is None:
                 embedding = self.pipe.encode(text)
-            self.pipe.switch_prompt(text, embedding)
+            self._switch(text, embedding, transition)
             with self._cond:
-                self._prompt, self._embedding = text, embedding
-            self._lineage = self._lineage.with_prompt(self._stream_block, text)
+                self._set_prompt(text, embedding)
+            self._lineage = _with_prompt(self._lineage, self._stream_block, text, transition)
             self._new_segment = True
             done: Future = Future()
             done.set_result(Encoded(embedding, 0.0))
             # its first block gets a prompt_applied, like a sent prompt (with the timeline command's id)
-            self._switched = _PendingPrompt(PromptCommand(text=text, id=play.command.id), self._clock(), done)
+            sent = PromptCommand(text=text, id=play.command.id) if isinstance(text, str) else \
+                PromptCommand(prompts=text, id=play.command.id)
+            self._switched = _PendingPrompt(sent, self._clock(), done, transition=transition)
             switched = True
         if play.entries and play.job is None and not self._asked and self._newest is None:
-            text = play.entries[0][1]     # encoded ahead (never while a sent prompt waits: the newest request wins)
+            text = play.entries[0][1]  # type: ignore[assignment]     # encoded ahead (never while a sent prompt waits: the newest request wins)
             play.job = (text, self.encoder.request(text))
         return switched
 
@@ -684,8 +710,10 @@ class Engine:
         """The newest asked-for prompt whose embedding is ready, with the ids it replaces;
         failed encodings become errors for their ids; prompts still encoding stay asked."""
         newest = None
+        on_air = self._next_on_air()
         for i, p in enumerate(self._asked):
-            if p.job.done() and not p.job.cancelled() and p.job.exception() is None:
+            if p.job.done() and not p.job.cancelled() and p.job.exception() is None and \
+                    (p.due is None or on_air >= p.due):
                 newest = i
         keep: list[_PendingPrompt] = []
         found: _PendingPrompt | None = None
@@ -701,13 +729,33 @@ class Engine:
                 found.superseded = list(self._carry)
                 self._carry.clear()
             else:
-                keep.append(p)             # still encoding, newer than any ready one
+                keep.append(p)             # still encoding (or not due yet), newer than any ready one
         self._asked = keep
         return found
 
+    def _next_on_air(self) -> float:
+        """Engine-clock time the next block's first frame will reach the screen: when the
+        playhead gets there, or, if generation is behind, when the block can be made."""
+        if self.bus.paused:
+            return -math.inf           # a quantised cue waits for playback to resume
+        block_s = self._timing.block_ms / 1e3
+        return self._clock() + max(self.bus.time_until(self.bus.next_seq), block_s)
+
+    def _switch(self, prompt: str | Blend, embedding: Any, transition: TransitionSpec | None) -> None:
+        """A cut, or a glide when the transition lasts more than one block."""
+        if transition is not None and transition.blocks > 1:
+            self.pipe.switch_prompt(prompt, embedding, transition=transition)
+        else:
+            self.pipe.switch_prompt(prompt, embedding)
+
+    def _set_prompt(self, prompt: str | Blend, embedding: Any) -> None:
+        """The stream runs under `prompt` from now on (call with the lock held)."""
+        self._conditioning, self._embedding = prompt, embedding
+        self._prompt = prompt.label if isinstance(prompt, Blend) else prompt
+
     def _prompt_failed(self, p: _PendingPrompt) -> None:
         err = p.job.exception()
-        log.warning("could not encode %r: %s", p.command.text, err)
+        log.warning("could not encode %r: %s", p.command.label, err)
         self._forget(p.job)
         message = f"could not encode the prompt: {one_line(err)}"[:MAX_ERROR_CHARS]
         self.emit(ErrorEvent(id=p.command.id, message=message))
@@ -720,14 +768,15 @@ class Engine:
 
     def _switched_to(self, p: _PendingPrompt, at_start: bool = False) -> None:
         """The pipeline now runs under `p` (from its next block; `at_start`: it was started under it)."""
+        prompt = _conditioning(p.command)
         with self._cond:
-            self._prompt, self._embedding = p.command.text, p.encoded.embedding
+            self._set_prompt(prompt, p.encoded.embedding)
             if self._newest is not None and self._newest[0] is p.job:
                 self._newest = None
         if at_start:
-            self._lineage = Lineage(p.command.text, self._lineage.seed)
+            self._lineage = Lineage(prompt, self._lineage.seed)
         else:
-            self._lineage = self._lineage.with_prompt(self._stream_block, p.command.text)
+            self._lineage = _with_prompt(self._lineage, self._stream_block, prompt, p.transition)
         self._new_segment = True
         if self._switched is not None:     # switched twice before a block: the first never showed
             p.superseded = ([*self._switched.superseded, self._switched.command.id] + p.superseded)
@@ -762,14 +811,42 @@ class Engine:
         switched, self._switched = self._switched, None
         if switched is not None:
             self._prompt_applied(switched, blk, first_seq, done)
+        self._track_glide(blk, switched)
+
+    def _track_glide(self, blk: Any, switched: _PendingPrompt | None) -> None:
+        """The state's `transition`: set while a glide is under way, a state event per block of it."""
+        step = getattr(blk, "transition", None)
+        before = self._glide
+        if step is not None and step[0] < step[1]:
+            method = switched.transition.method if switched is not None and switched.transition else \
+                (before or {}).get("method", "linear")
+            glide = {"to": blk.prompt, "step": int(step[0]), "blocks": int(step[1]), "method": method}
+        else:
+            glide = None
+        with self._cond:
+            self._glide = glide
+        if glide is not None or before is not None:
+            self.emit(StateEvent(state=self._state_delta()))
 
     def _prompt_applied(self, p: _PendingPrompt, blk: Any, first_seq: int, done: float) -> None:
         playhead = self.bus.playhead()
         plays_in = max(0.0, (first_seq - playhead) / self.bus.fps) if playhead >= 0 else 0.0
+        offset_ms = None
+        if p.due is not None:          # how far from its beat the change reaches the screen
+            on_air = done + self.bus.time_until(first_seq)
+            offset_ms = round((on_air - p.due) * 1e3, 1)
+        if p.cue is not None:
+            with self._cond:
+                self._last_fire = {"cue": p.cue[0], "quantize": p.cue[1], "block": int(blk.block),
+                                   "offset_ms": offset_ms}
+        t = p.transition
         event = PromptApplied(id=p.command.id, text=blk.prompt, block=int(blk.block), frame=first_seq,
                               latency_ms=round((done - p.received) * 1e3, 1), plays_in_ms=round(plays_in * 1e3, 1),
                               time=time.time(), superseded=list(p.superseded),
-                              encode_ms=round(p.encoded.encode_ms, 1))
+                              encode_ms=round(p.encoded.encode_ms, 1),
+                              transition=None if t is None or t.blocks <= 1 else {"blocks": t.blocks,
+                                                                                   "method": t.method},
+                              cue=None if p.cue is None else p.cue[0], offset_ms=offset_ms)
         with self._cond:
             self._history.append({"id": event.id, "text": event.text, "block": event.block, "frame": event.frame,
                                   "latency_ms": event.latency_ms, "time": event.time})
@@ -779,7 +856,18 @@ class Engine:
     def _state_delta(self) -> dict[str, Any]:
         s = self.state()
         return {"prompt": s.prompt, "seed": s.seed, "paused": s.paused, "engine": s.status, "failed": s.failed,
-                "restarts": s.restarts, "segments": s.segments, "timeline": s.timeline}
+                "restarts": s.restarts, "segments": s.segments, "timeline": s.timeline,
+                "transition": s.transition, "last_fire": s.last_fire}
+
+
+def _conditioning(command: PromptCommand) -> str | Blend:
+    """What the pipeline takes for a prompt command: the text, or the blend."""
+    return command.prompts if command.prompts is not None else (command.text or "")
+
+
+def _with_prompt(lineage: Lineage, block: int, prompt: str | Blend, transition: TransitionSpec | None) -> Lineage:
+    return lineage.with_prompt(block, prompt, transition) if transition is not None and transition.blocks > 1 \
+        else lineage.with_prompt(block, prompt)
 
 
 def _bounded_history(history: collections.deque[dict[str, Any]]) -> list[dict[str, Any]]:

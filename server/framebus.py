@@ -129,6 +129,15 @@ class FrameBus:
                 return math.inf
             return excess / self.fps
 
+    def time_until(self, seq: int) -> float:
+        """Seconds until frame `seq` goes on air, if it is published by then (0 when it is on
+        air or past; inf while paused)."""
+        with self._lock:
+            wait = (seq - self._position(self._clock())) / self.fps
+            if wait <= 0:
+                return 0.0
+            return math.inf if self._paused else wait
+
     def frames(self) -> list[BusFrame]:
         """The ring, oldest first (a copy of the list; the frames themselves are shared)."""
         with self._lock:

@@ -30,14 +30,16 @@ class PromptEncoderWorker:
     """One thread that encodes prompts off the generation thread; the newest request wins.
 
     `request(text)` returns a `Future` of an `Encoded` and cancels every request still
-    waiting (one being encoded runs to the end). `setup` runs first on the thread (the CUDA
+    waiting (one being encoded runs to the end). `prepare(text)` (an armed cue) is encoded
+    when no request waits, and neither cancels nor is cancelled by requests. `setup` runs first on the thread (the CUDA
     device binding); `on_done` after each encoding (the engine wakes its worker)."""
 
     def __init__(self, encode: Callable[[str], Any], *, setup: Callable[[], None] | None = None,
                  on_done: Callable[[], None] | None = None, name: str = "longlive-encoder"):
         self._encode, self._setup, self._on_done, self.name = encode, setup, on_done, name
         self._cond = threading.Condition()
-        self._queue: collections.deque[tuple[Future, str]] = collections.deque()
+        self._queue: collections.deque[tuple[Future, Any]] = collections.deque()
+        self._prepared: collections.deque[tuple[Future, Any]] = collections.deque()
         self._busy = False
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -62,17 +64,29 @@ class PromptEncoderWorker:
             self._cond.notify_all()
         return job
 
+    def prepare(self, text: Any) -> Future:
+        """Encode `text` when the encoder has nothing newer to do (arming a cue)."""
+        job: Future = Future()
+        with self._cond:
+            if self._closed:
+                job.set_exception(RuntimeError("the prompt encoder has stopped"))
+                return job
+            self._prepared.append((job, text))
+            self._cond.notify_all()
+        return job
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until nothing is waiting or being encoded; False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+            return self._cond.wait_for(lambda: not self._queue and not self._prepared and not self._busy, timeout)
 
     def close(self, timeout: float = 30.0) -> None:
         with self._cond:
             self._closed = True
-            for waiting, _ in self._queue:
+            for waiting, _ in [*self._queue, *self._prepared]:
                 waiting.cancel()
             self._queue.clear()
+            self._prepared.clear()
             self._cond.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
@@ -86,10 +100,10 @@ class PromptEncoderWorker:
                 log.exception("the encoder thread could not bind its device")
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue or self._closed)
-                if not self._queue:
+                self._cond.wait_for(lambda: self._queue or self._prepared or self._closed)
+                if self._closed:
                     return
-                job, text = self._queue.popleft()
+                job, text = (self._queue or self._prepared).popleft()
                 if not job.set_running_or_notify_cancel():
                     continue
                 self._busy = True

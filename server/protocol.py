@@ -498,6 +498,9 @@ class PromptApplied(Event):
     time: float                 # server wall clock (Unix seconds) when applied
     superseded: list[RequestIdValue] = field(default_factory=list)  # ids replaced before any block (newest 32)
     encode_ms: float = 0.0      # of latency_ms: encoding the text (beside generation; 0 when cached)
+    transition: dict[str, Any] | None = None   # {blocks, method}: the change glides over that many blocks
+    cue: int | None = None      # the fired cue it came from
+    offset_ms: float | None = None   # a quantised cue: its first frame on screen this long after the beat
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -43,6 +43,7 @@ class RewindPoint:
     embedding: Any          # the prompt's embedding (to restart the stream after a failure)
     snapshot: Any           # streaming.pipeline.PipelineSnapshot
     nbytes: int
+    conditioning: Any = None    # the prompt as the pipeline takes it (str, or a streaming.blend.Blend)
 
     def describe(self) -> dict[str, Any]:
         prompt = self.prompt if len(self.prompt) <= LISTED_CHARS else self.prompt[:LISTED_CHARS - 1] + "…"

@@ -20,6 +20,7 @@ import pytest
 from server import engine as engine_mod
 from server.engine import (COMMAND_QUEUE, HISTORY_CHARS, MAX_ERROR_CHARS, MAX_SUPERSEDED, CommandRefused, Engine,
                            cuda_index)
+from streaming.blend import Blend
 from server.protocol import (ErrorEvent, PauseCommand, PromptApplied, PromptCommand, ResumeCommand, SeedCommand,
                              StateEvent)
 from test_framebus import FakeClock
@@ -34,6 +35,11 @@ class FakeBlock:
     prompt: str
     dit_ms: float
     decode_ms: float
+    transition: tuple[int, int] | None = None
+
+
+def label(prompt: Any) -> str:
+    return prompt.label if isinstance(prompt, Blend) else prompt
 
 
 @dataclass
@@ -55,35 +61,38 @@ class FakePipeline:
     gates: dict[str, threading.Event] = field(default_factory=dict)
     encoded: list[str] = field(default_factory=list)  # prompts encoded, in order
     encode_threads: dict[str, str] = field(default_factory=dict)
-    cfg: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(
-        name="fake", video=SimpleNamespace(frames_per_block=3)))
+    cfg: SimpleNamespace = field(default_factory=lambda: SimpleNamespace(name="fake", latent_frames_per_block=3))
 
     def __post_init__(self) -> None:
         self.prompt, self.seed, self._pending, self.block, self.frames_out = "", 0, None, 0, 0
         self.attempts = 0
+        self._glide: tuple[int, int] | None = None     # (blocks done, blocks) of a transition
 
-    def encode(self, prompt: str) -> tuple[str, str]:
-        self.encoded.append(prompt)
-        self.encode_threads[prompt] = threading.current_thread().name
-        gate = self.gates.get(prompt)
+    def encode(self, prompt: Any) -> tuple[str, Any]:
+        self.encoded.append(label(prompt))
+        self.encode_threads[label(prompt)] = threading.current_thread().name
+        gate = self.gates.get(label(prompt))
         if gate is not None:
             assert gate.wait(DEADLINE_S), f"encode({prompt!r}) was never released"
-        if prompt.startswith("boom"):
+        if label(prompt).startswith("boom"):
             raise ValueError(("cannot encode this prompt " + "x" * 5000 if prompt == "boom-long"
                               else "cannot encode this prompt") + "\ndetails")
         return ("embedding", prompt)
 
-    def start(self, prompt: str, seed: int = 0, embedding: Any = None) -> None:
+    def start(self, prompt: Any, seed: int = 0, embedding: Any = None) -> None:
         assert embedding == ("embedding", prompt), "the engine starts a stream with its prompt's embedding"
-        self.calls.append(f"start:{prompt}:{seed}")
+        self.calls.append(f"start:{label(prompt)}:{seed}")
         if seed in self.bad_seeds:
             raise RuntimeError(f"seed {seed} breaks the generator")
-        self.prompt, self.seed, self._pending, self.block, self.frames_out = prompt, seed, None, 0, 0
+        self.prompt, self.seed, self._pending, self.block, self.frames_out = label(prompt), seed, None, 0, 0
+        self._glide = None
 
-    def switch_prompt(self, prompt: str, embedding: Any = None) -> None:
+    def switch_prompt(self, prompt: Any, embedding: Any = None, transition: Any = None) -> None:
         assert embedding == ("embedding", prompt), "the engine switches with the prompt's ready embedding"
-        self.calls.append(f"switch:{prompt}")
-        self._pending = prompt
+        glide = f":glide {transition.blocks} {transition.method}" if transition is not None else ""
+        self.calls.append(f"switch:{label(prompt)}{glide}")
+        self._pending = label(prompt)
+        self._glide = (0, transition.blocks) if transition is not None and transition.blocks > 1 else None
 
     def next_frames(self) -> FakeBlock:
         self.attempts += 1
@@ -93,6 +102,12 @@ class FakePipeline:
             raise exc
         if self._pending is not None:
             self.prompt, self._pending = self._pending, None
+        step = None
+        if self._glide is not None:
+            self._glide = (self._glide[0] + 1, self._glide[1])
+            step = self._glide
+            if step[0] >= step[1]:
+                self._glide = None
         self.calls.append(f"block:{self.block}:{self.prompt}")
         if self.during_block:
             self.during_block()
@@ -104,7 +119,7 @@ class FakePipeline:
         for i in range(n):
             frames[i, ..., 0] = self.seed % 256
             frames[i, ..., 1] = (self.frames_out + i) % 256
-        out = FakeBlock(frames, self.block, self.prompt, 3.0, 1.0)
+        out = FakeBlock(frames, self.block, self.prompt, 3.0, 1.0, step)
         self.block += 1
         self.frames_out += n
         return out

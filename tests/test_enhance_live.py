@@ -169,8 +169,11 @@ def test_a_rewind_takes_the_history_back_to_when_its_segment_began():
         def state(self):
             return SimpleNamespace(blocks=blocks[0], segments=segments, prompt="start")
 
-        def submit(self, command):
+        def submit(self, command, **how):
             pass
+
+        def clock(self):
+            return 0.0
 
     hub = ControlHub(Engine_(), ServerInfo("fake", 16, 8, 16.0, True),
                      enhancer=SimpleNamespace(session=session, available=True, notice=None))

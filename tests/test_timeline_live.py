@@ -3,6 +3,7 @@ prompt) returns to manual control. The fake pipeline logs every call, the clock 
 
 from __future__ import annotations
 
+from streaming.blend import Blend
 from server.protocol import Notice, PromptApplied, PromptCommand, TimelineCommand, read_command
 from studio.timeline import Timeline
 from test_engine import blocks_called, make_engine, run_until_idle, settle
@@ -11,7 +12,8 @@ SCOPE = {
     "prompts": [
         {"startTime": 0, "endTime": 1.0, "prompts": [{"text": "dawn", "weight": 100}]},
         {"startTime": 1.0, "endTime": 2.0, "prompts": [{"text": "noon", "weight": 30}, {"text": "rain", "weight": 70}]},
-        {"startTime": 2.0, "endTime": 3.0, "prompts": [{"text": "dusk", "weight": 100}]},
+        {"startTime": 2.0, "endTime": 3.0, "prompts": [{"text": "dusk", "weight": 100}],
+         "transitionSteps": 2, "temporalInterpolationMethod": "slerp"},
     ],
     "settings": {"pipelineId": "longlive", "seed": 42},
     "version": "2.0",
@@ -38,16 +40,21 @@ def test_a_timeline_restarts_the_stream_and_switches_at_its_block_boundaries():
     calls = [c for c in pipe.calls if not c.startswith("fail")]
     # at 16 fps blocks start at frames 0, 9, 21, 33, 45: 1.0 s (frame 16) -> block 2, 2.0 s (frame 32) -> block 3;
     # 3 s is 48 frames: blocks 0-4; then the stream goes on under the last prompt
-    assert calls[:8] == ["start:dawn:42", "block:0:dawn", "block:1:dawn", "switch:rain", "block:2:rain",
-                         "switch:dusk", "block:3:dusk", "block:4:dusk"]
+    # the blend plays as a blend (weights normalised), the transition glides over its 2 blocks
+    blend = "noon (30%) + rain (70%)"
+    assert calls[:8] == ["start:dawn:42", "block:0:dawn", "block:1:dawn", f"switch:{blend}", f"block:2:{blend}",
+                         "switch:dusk:glide 2 slerp", "block:3:dusk", "block:4:dusk"]
     assert all(c == f"block:{i + 5}:dusk" for i, c in enumerate(calls[8:])) and len(calls) > 9
     notices = [e.message for e in events if isinstance(e, Notice)]
-    assert notices == ["1 segment blends several prompts; until blending lands it plays its highest-weight prompt",
-                       "the timeline finished; back to manual control"]
+    assert notices == ["the timeline finished; back to manual control"]
     assert engine.state().timeline is None and engine.state().seed == 42
     # each switch is announced like a sent prompt's, with the timeline command's id
-    assert [(e.id, e.text, e.block) for e in events if isinstance(e, PromptApplied)] == [("t", "rain", 2),
-                                                                                        ("t", "dusk", 3)]
+    applied = [e for e in events if isinstance(e, PromptApplied)]
+    assert [(e.id, e.text, e.block, e.transition) for e in applied] == [
+        ("t", blend, 2, None), ("t", "dusk", 3, {"blocks": 2, "method": "slerp"})]
+    # the lineage (what a recording's sidecar replays) carries the blend and the transition
+    changes = engine._lineage.changes
+    assert [(c.block, c.prompt) for c in changes] == [(2, Blend.of([("noon", 0.3), ("rain", 0.7)])), (3, "dusk")]
 
 
 def test_stop_and_a_sent_prompt_return_to_manual_control():
