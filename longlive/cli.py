@@ -81,6 +81,26 @@ def megabytes(text: str) -> int:
     return value
 
 
+def osc_target(text: str) -> tuple[str, int]:
+    """HOST:PORT (IPv6 in brackets: [::1]:9000), where OSC replies go."""
+    host, sep, number = text.rpartition(":")
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if not sep or not host or not number.isdigit() or not 0 < int(number) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT; write it like 127.0.0.1:9000 "
+                                         "(a port between 1 and 65535)")
+    return host, int(number)
+
+
+def bpm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of beats per minute") from None
+    if not 20 <= value <= 300:
+        raise argparse.ArgumentTypeError(f"{text} BPM is outside 20-300")
+    return value
+
+
 def resolution(text: str) -> tuple[int, int]:
     width, x, height = text.lower().partition("x")
     try:
@@ -127,9 +147,20 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="record from the start into DIR (it becomes the recordings folder)")
     p.add_argument("--no-ai", action="store_true",
                    help="no AI prompt enhancement (default: on when ANTHROPIC_API_KEY is set)")
+    p.add_argument("--cues", type=Path, default=None, metavar="FILE",
+                   help="the cue bank, a YAML file (default: configs/cues/default.yaml, nine cues)")
+    p.add_argument("--bpm", type=bpm, default=120.0, help="tempo for cues on the beat (default: 120; tap it in the page)")
+    p.add_argument("--link", action="store_true",
+                   help="follow an Ableton Link session's tempo and beat (needs the aalink package)")
     p.add_argument("--rewind-memory", type=megabytes, default=None, metavar="MiB",
                    help="host memory for rewind snapshots, one per prompt segment, oldest dropped first "
                         "(default: a quarter of this machine's memory; 0 turns rewind off)")
+    p.add_argument("--osc", type=port, default=None, metavar="PORT",
+                   help="take OSC commands over UDP on this port (default: off); see docs/PROTOCOL.md, OSC")
+    p.add_argument("--osc-host", default="127.0.0.1", metavar="HOST",
+                   help="address the OSC port listens on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--osc-reply", type=osc_target, default=None, metavar="HOST:PORT",
+                   help="send OSC acks, errors, state and beats to HOST:PORT (default: nowhere)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -191,3 +191,44 @@ def test_cue_files():
         with pytest.raises(CueError) as err:
             CueBank.parse(text, "my.yaml")
         assert fragment in str(err.value) and str(err.value).startswith("my.yaml")
+
+
+def test_without_aalink_link_is_one_notice_and_the_internal_clock(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_aalink(name, *args, **kwargs):
+        if name == "aalink":
+            raise ImportError("No module named 'aalink'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_aalink)
+
+    async def main():
+        engine, pipe, clock = make_engine()
+        hub = ControlHub(engine, ServerInfo("fake", 16, 8, 16.0, True), link=True)
+        await hub.start()
+        try:
+            tempo = hub.state()["tempo"]
+            assert tempo["source"] == "internal" and "aalink" in tempo["notice"]
+            assert isinstance(replies_of(hub, TempoCommand(bpm=100))[0], Ack) and hub.tempo.bpm == 100
+        finally:
+            await hub.stop()
+    asyncio.run(main())
+
+
+def test_a_link_session_steers_the_clock():
+    """What LinkTempo reads from aalink's Link (beat and tempo now) aligns the clock; a session
+    itself is not opened here, since Link announces itself by multicast beyond loopback."""
+    from types import SimpleNamespace
+
+    from server.tempo import LinkTempo
+    t = [10.0]
+    tempo = TempoClock(120, 4, clock=lambda: t[0])
+    link = SimpleNamespace(beat=6.5, tempo=90.0, num_peers=2)
+    follower = LinkTempo(tempo, link)
+    follower.sync()
+    assert tempo.bpm == 90 and tempo.beat_at(10.0) == pytest.approx(6.5)
+    assert tempo.next_bar(10.0) == pytest.approx(10.0 + 1.5 * 60 / 90)      # beat 8 is the next downbeat
+    follower.propose(128)
+    assert link.tempo == 128 and follower.peers() == 2
