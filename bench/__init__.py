@@ -7,5 +7,6 @@
 - `gpu.sh`: all of it on a GPU machine, in one command.
 
 They import `streaming` and `kernels` (and torch, triton) but nothing of the server, so they
-run on GPU machines that have no aiortc or PyAV; nothing in the model imports them.
+run on GPU machines that have no aiortc or PyAV (`recorder_speed` alone writes video, through
+`studio.videofile`, and imports PyAV only when it runs); nothing in the model imports them.
 """

@@ -53,7 +53,7 @@ from typing import Any
 import anthropic
 import yaml
 
-from streaming.errors import UserError
+from streaming.errors import UserError, one_line
 
 log = logging.getLogger("studio.enhancer")
 
@@ -388,13 +388,13 @@ class BaseEnhancer:
             return f"failed (HTTP {exc.status_code}: {_status_detail(exc)})"
         if isinstance(exc, anthropic.APIConnectionError):
             cause = exc.__cause__ or exc.__context__
-            return "could not reach the API" + (f" ({_clip(_one_line(cause))})" if cause is not None else "")
+            return "could not reach the API" + (f" ({_clip(one_line(cause))})" if cause is not None else "")
         if isinstance(exc, anthropic.APIResponseValidationError):
             return "returned a malformed answer (it does not match the Messages API)"
         if isinstance(exc, json.JSONDecodeError):     # the SDK lets json's own error through
             return "returned a malformed answer (not valid JSON)"
         if isinstance(exc, anthropic.AnthropicError):
-            return f"failed ({type(exc).__name__}: {_clip(_one_line(exc))})"
+            return f"failed ({type(exc).__name__}: {_clip(one_line(exc))})"
         return f"failed ({type(exc).__name__})"
 
     def _scrub(self, line: str) -> str:
@@ -415,11 +415,6 @@ def _status_detail(exc: Any) -> str:
     response = getattr(exc, "response", None)
     reason = getattr(response, "reason_phrase", None)
     return reason if isinstance(reason, str) and reason else "no details"
-
-
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0].strip() if lines else type(exc).__name__
 
 
 def _clip(text: str) -> str:

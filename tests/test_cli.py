@@ -143,3 +143,31 @@ def test_ctrl_c_stops_the_server_cleanly():
     assert "stopped" in out and "engine stopped" in out and "Traceback" not in everything
     with socket.socket() as s:            # the port is free again
         s.bind(("127.0.0.1", port))
+
+
+def test_the_default_log_level_keeps_webrtc_connection_chatter_out():
+    """At info, aioice/aiortc (ICE checks, DTLS states) and per-request access lines stay out of
+    serve's log; at debug they are left alone (and show)."""
+    import logging
+
+    from server.serve import CHATTY_LOGGERS, setup_logging
+    names = ("aioice.ice", "aiortc.rtcpeerconnection", "aiohttp.access")
+
+    def reset():
+        for n in CHATTY_LOGGERS:
+            logging.getLogger(n).setLevel(logging.NOTSET)
+    root = logging.getLogger()
+    level = root.level
+    try:
+        reset()
+        setup_logging("info")
+        root.setLevel(logging.INFO)             # (basicConfig leaves pytest's root logger alone)
+        assert logging.getLogger("longlive").isEnabledFor(logging.INFO)
+        assert not any(logging.getLogger(n).isEnabledFor(logging.INFO) for n in names)
+        assert all(logging.getLogger(n).isEnabledFor(logging.WARNING) for n in names)
+        reset()
+        setup_logging("debug")
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in CHATTY_LOGGERS)
+    finally:
+        reset()
+        root.setLevel(level)
