@@ -657,8 +657,11 @@ def run(args: argparse.Namespace) -> int:
 
         timeline = Timeline.load(args.timeline)
         plan = [segment.main_prompt().text for segment in timeline.segments]
-        if timeline.blend_notice():
-            print(timeline.blend_notice())
+        blended = sum(1 for segment in timeline.segments if not isinstance(segment.blend(), str))
+        if blended:
+            which = "1 segment blends" if blended == 1 else f"{blended} segments blend"
+            print(f"{which} several prompts; interactive plays each segment's highest-weight prompt, "
+                  f"since a chunk is one typed prompt")
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InteractiveError(f"--output-dir {out_dir} is a file; give a folder for the session folders")

@@ -7,8 +7,10 @@ Two kinds of timeline:
   rewind), and the frames are checked against the sidecar's block hashes: with the same
   config and weights they are equal, so a show played live at a fast setting can be made
   again frame-exact, or at another setting, afterwards;
-- a Scope v2.0 timeline: one stream from its seed, its segments' prompts switching at the
-  first block boundary at or after their start times, cut to its length.
+- a Scope v2.0 timeline: one stream from its seed, each segment's prompt (or blend of its
+  weighted prompts) taking over at the first block boundary at or after its start time, as a
+  cut or gliding in over its transition's blocks (`Segment.blend`, `Segment.transition_spec`),
+  cut to its length.
 
 The timeline's settings apply (config, resolution, seed, denoising steps) unless the
 command line overrides them; a resolution the model cannot make is rounded to the nearest
@@ -86,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
     recipe = Recipe.from_timeline(timeline)
     output = args.output or default_output(args.timeline)
     check_output(output)
-    for notice in (timeline.blend_notice(), timeline.transition_notice()):
-        if notice:
-            log.warning(notice)
     config_name = args.config or (recipe.config if recipe else None)
     cfg = load_config(choose_preset(config_name, args.weights))
     size = args.resolution or ((timeline.settings.width, timeline.settings.height)
@@ -150,9 +149,9 @@ def make_plan(timeline: Timeline, recipe: Recipe | None, cfg: Any, seed: int | N
     else:
         schedule = timeline.schedule(clock)
         first_seed = seed if seed is not None else (timeline.settings.seed or 0)
-        lineage = Lineage(schedule[0][1].main_prompt().text, first_seed)
+        lineage = Lineage(schedule[0][1].blend(), first_seed)    # (the first starts the stream: no transition)
         for block, segment in schedule[1:]:
-            lineage = lineage.with_prompt(block, segment.main_prompt().text)
+            lineage = lineage.with_prompt(block, segment.blend(), segment.transition_spec())
         runs = (Run(lineage, 0, clock.blocks_for(timeline.duration)),)
         frames = clock.frames_for(timeline.duration)
     source = Source(config=cfg.name, weights=weights, fps=float(cfg.video.fps), latent_frames_per_block=f,
@@ -290,7 +289,7 @@ class Renderer:
         """The changes that take effect at `block`, at the boundary before it."""
         for change in lineage.changes_at(block):
             if change.prompt is not None:
-                self.pipe.switch_prompt(change.prompt)
+                self.pipe.switch_prompt(change.prompt, transition=change.transition)
             else:
                 self.pipe.reseed_noise(change.noise_seed)
 

@@ -5,13 +5,20 @@ are the prompts as they played, plus our own fields under "longlive":
 
     {"format": 1, "config": "tiny", "weights": "embedded" | folder name, "fps": 16,
      "latent_frames_per_block": 3, "width": 320, "height": 192,
-     "runs":   [{"prompt", "seed", "changes": [...], "first_block", "blocks"}, ...],   (studio.lineage.Run)
+     "runs":   [{"prompt" | "prompts", "seed", "changes": [...], "first_block", "blocks"}, ...],  (studio.lineage.Run)
      "blocks": [{"frames": 9, "hash": "<sha256 of the block's frames, 24 hex digits>"}, ...],
      "events": [{"kind": "start" | "prompt" | "rewind to segment 2" | "seed 7" | "dropped" | ...,
-                 "block": recorded block, "time": seconds into the video, "prompt"?, "blocks"?}, ...]}
+                 "block": recorded block, "time": seconds into the video, "prompt"?, "prompts"?,
+                 "transition"?, "blocks"?}, ...]}
 
 `runs` are what `longlive render` replays; `blocks` lets it check that it made the same
 frames; `events` say what happened where (a rewind, a seed change, blocks the recorder lost).
+An event that begins a prompt names it in "prompt" (a blend's label, `a (70%) + b (30%)`);
+when it is a blend, "prompts" lists its texts and normalised weights, and when it glides in,
+"transition" holds the glide's `{"blocks", "method"}` (the lineage's wire form, see
+`studio.lineage`). The exported segments are these prompts: a blend's weights are written
+x100 as Scope writes them (70 and 30), a glide as the segment's transitionSteps and
+temporalInterpolationMethod.
 `SidecarBuilder` grows one block at a time (the recorder, the renderer); `Recipe` reads one back.
 """
 
@@ -23,8 +30,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .lineage import Lineage, LineageError, Run
-from .timeline import Segment, Settings, Timeline, TimelineError, WeightedPrompt
+from streaming.blend import Blend
+
+from .lineage import Lineage, LineageError, Run, prompt_wire, transition_wire
+from .timeline import Segment, Settings, Timeline, TimelineError, Transition, WeightedPrompt
 
 FORMAT = 1
 HASH_CHARS = 24
@@ -96,11 +105,11 @@ class SidecarBuilder:
         if run is not None and blk.block == run.end_block and blk.lineage.extends(run.lineage, blk.block - 1):
             self.runs[-1] = Run(blk.lineage, run.first_block, run.blocks + 1)
             if blk.lineage.prompt_at(blk.block) != run.lineage.prompt_at(blk.block - 1):
-                self.events.append({"kind": "prompt", **here, "prompt": blk.prompt})
+                self.events.append({"kind": "prompt", **here, "prompt": blk.prompt, **_structure(blk)})
         else:
             self.runs.append(Run(blk.lineage, blk.block, 1))
             kind = blk.cause or ("start" if run is None else "jump")
-            self.events.append({"kind": kind, **here, "prompt": blk.prompt})
+            self.events.append({"kind": kind, **here, "prompt": blk.prompt, **_structure(blk)})
         self.blocks.append({"frames": n, "hash": frames_hash or block_hash(blk.frames)})
         self.frames += n
 
@@ -110,17 +119,21 @@ class SidecarBuilder:
                             "blocks": int(blocks)})
 
     def timeline(self) -> Timeline:
-        """The video so far as a timeline (segments: the prompts as they played)."""
+        """The video so far as a timeline (segments: the prompts and blends as they played, and
+        the transitions they glided in with)."""
         src = self.source
         segments: list[Segment] = []
         starts = [e for e in self.events if "prompt" in e]
         for i, e in enumerate(starts):
             end = starts[i + 1]["time"] if i + 1 < len(starts) else self.seconds
-            if segments and segments[-1].prompts[0].text == e["prompt"]:
+            prompts = _weighted(e)
+            if segments and segments[-1].prompts == prompts:
                 last = segments[-1]
-                segments[-1] = Segment(last.start, max(end, last.end), last.prompts)
+                segments[-1] = Segment(last.start, max(end, last.end), last.prompts, last.transition)
             elif end > e["time"]:
-                segments.append(Segment(e["time"], end, (WeightedPrompt(e["prompt"], 100.0),)))
+                t = e.get("transition")
+                segments.append(Segment(e["time"], end, prompts,
+                                        None if t is None else Transition(t["blocks"], t["method"])))
         ours = {"format": FORMAT, "config": src.config, "weights": src.weights, "fps": src.fps,
                 "latent_frames_per_block": src.latent_frames_per_block, "width": src.width, "height": src.height,
                 "runs": [r.to_wire() for r in self.runs], "blocks": list(self.blocks), "events": list(self.events)}
@@ -176,6 +189,25 @@ class Recipe:
     def total_frames(self) -> int | None:
         """Frames of the whole video, when every block's count is known."""
         return sum(self.frames) if len(self.frames) == self.blocks else None
+
+
+def _structure(blk: Block) -> dict[str, Any]:
+    """What an event beginning a prompt says besides its label: the blend's parts, the glide."""
+    out: dict[str, Any] = {}
+    prompt = blk.lineage.prompt_at(blk.block)
+    if isinstance(prompt, Blend):
+        out.update(prompt_wire(prompt))
+    for change in blk.lineage.changes_at(blk.block):
+        if change.transition is not None:
+            out["transition"] = transition_wire(change.transition)
+    return out
+
+
+def _weighted(event: dict[str, Any]) -> tuple[WeightedPrompt, ...]:
+    """An event's prompts as a segment's: a blend's normalised weights x100 (Scope's 70/30)."""
+    if "prompts" not in event:
+        return (WeightedPrompt(event["prompt"], 100.0),)
+    return tuple(WeightedPrompt(p["text"], round(p["weight"] * 100, 6)) for p in event["prompts"])
 
 
 def _str(obj: dict[str, Any], key: str) -> str:

@@ -348,8 +348,9 @@ class Timeline:
         return self.segments[max(0, bisect.bisect_right(starts, t) - 1)]
 
     def schedule(self, clock: BlockClock) -> list[tuple[int, Segment]]:
-        """(block, segment) for each segment: the block where its prompt takes effect. Of
-        segments that land on the same block only the later one is kept."""
+        """(block, segment) for each segment: the block where its prompt (or blend) takes effect,
+        the first block of its transition when it glides in. Of segments that land on the same
+        block only the later one is kept."""
         out: list[tuple[int, Segment]] = []
         for seg in self.segments:
             block = clock.block_at(seg.start)
@@ -358,22 +359,6 @@ class Timeline:
             else:
                 out.append((block, seg))
         return out
-
-    def blend_notice(self) -> str | None:
-        n = sum(1 for s in self.segments if len(s.prompts) > 1)
-        if n == 0:
-            return None
-        if n == 1:
-            return "1 segment blends several prompts; until blending lands it plays its highest-weight prompt"
-        return f"{n} segments blend several prompts; until blending lands each plays its highest-weight prompt"
-
-    def transition_notice(self) -> str | None:
-        n = sum(1 for s in self.segments if s.transition is not None and s.transition.blocks > 0)
-        if n == 0:
-            return None
-        if n == 1:
-            return "1 segment asks for a transition; it plays as a cut until transitions land"
-        return f"{n} segments ask for transitions; they play as cuts until transitions land"
 
 
 # ---- field checks (import) -----------------------------------------------------------------

@@ -35,17 +35,21 @@ def test_render_a_scope_timeline_to_a_video_and_its_sidecar(tmp_path):
     done = longlive("render", "show.json", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "rendering 64x48 instead of 70x50" in done.stderr               # the nearest size the model makes
-    assert "1 segment blends several prompts" in done.stderr
-    assert "1 segment asks for a transition; it plays as a cut" in done.stderr
+    assert "segment" not in done.stderr           # blends and transitions play: no notice says they do not
     out = tmp_path / "show.render.mp4"
     assert f"wrote {out.name}" in done.stdout or f"wrote {out}" in done.stdout
     with av.open(str(out)) as f:
         frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
     assert len(frames) == 48 and frames[0].shape == (48, 64, 3)             # 3 s at 16 fps
     sidecar = json.loads((tmp_path / "show.render.timeline.json").read_text())
-    assert [s["prompts"][0]["text"] for s in sidecar["prompts"]] == ["a lantern in fog", "a kite over dunes"]
+    assert [s["prompts"] for s in sidecar["prompts"]] == [
+        [{"text": "a lantern in fog", "weight": 100}],
+        [{"text": "a kite over dunes", "weight": 60}, {"text": "a kite over the sea", "weight": 40}]]
+    assert [(s.get("transitionSteps"), s.get("temporalInterpolationMethod")) for s in sidecar["prompts"]] == \
+        [(None, None), (2, "slerp")]
     assert sidecar["settings"]["seed"] == 4 and sidecar["longlive"]["runs"][0]["changes"] == \
-        [{"block": 3, "prompt": "a kite over dunes"}]     # 1.5 s = frame 24: the first block at or after it is 3 (frame 33)
+        [{"block": 3, "prompts": [{"text": "a kite over dunes", "weight": 0.6}, {"text": "a kite over the sea", "weight": 0.4}],
+          "transition": {"blocks": 2, "method": "slerp"}}]   # 1.5 s = frame 24: the first block at or after it is 3 (frame 33)
     assert not list(tmp_path.glob(".*.render"))                            # the work folder is gone
 
     # rendering the render's sidecar makes the same frames, and says so

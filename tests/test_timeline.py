@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings as hyp_settings, strategies as st
 
+from streaming.blend import Blend, TransitionSpec
 from streaming.errors import UserError
 from studio import timeline as tl_module
 from studio.timeline import (MAX_TEXT_CHARS, BlockClock, Segment, Settings, Timeline, TimelineError,
@@ -85,7 +86,6 @@ def test_scope_examples_import(path):
     assert t.version == "2.0" and t.exported_at.startswith("2025-10-27T")
     assert t.notes == ("kept settings noiseScale, noiseController, manageCache as they are; "
                        "LongLive does not use them",)
-    assert t.blend_notice() is None and t.transition_notice() is None
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.name)
@@ -502,14 +502,10 @@ def test_schedule_keeps_the_later_of_segments_on_one_block():
     assert t.schedule(BlockClock(16)) == [(0, a), (1, c), (3, d)]
 
 
-def test_notices():
-    plain = Timeline.from_scope(scope(seg(0, 1), seg(1, 2, transitionSteps=0)))
-    assert plain.blend_notice() is None and plain.transition_notice() is None
-    one = Timeline.from_scope(scope(seg(0, 1, ("a", 1), ("b", 2)), seg(1, 2, transitionSteps=2)))
-    assert one.blend_notice() == "1 segment blends several prompts; until blending lands it plays its highest-weight prompt"
-    assert one.transition_notice() == "1 segment asks for a transition; it plays as a cut until transitions land"
-    many = Timeline.from_scope(scope(seg(0, 1, "a", "b", transitionSteps=1), seg(1, 2, "c", "d", transitionSteps=5),
-                                     seg(2, 3, temporalInterpolationMethod="slerp", transitionSteps=3)))
-    assert many.blend_notice() == ("2 segments blend several prompts; "
-                                   "until blending lands each plays its highest-weight prompt")
-    assert many.transition_notice() == "3 segments ask for transitions; they play as cuts until transitions land"
+def test_segments_play_their_blends_and_transitions():
+    t = Timeline.from_scope(scope(seg(0, 1, ("a", 1), ("b", 3)), seg(1, 2, "c", transitionSteps=4,
+                                                                      temporalInterpolationMethod="slerp"),
+                                  seg(2, 3, ("d", 100), ("e", 0), transitionSteps=1), seg(3, 4, transitionSteps=0)))
+    assert [s.blend() for s in t.segments] == [Blend.of([("a", 1), ("b", 3)]), "c", "d", "a fox"]
+    assert t.segments[0].blend().parts == (("a", 0.25), ("b", 0.75))
+    assert [s.transition_spec() for s in t.segments] == [None, TransitionSpec(4, "slerp"), None, None]  # 0, 1: cuts
