@@ -15,6 +15,7 @@ docs/PROTOCOL.md for the wire format.
     GET    /api/recordings        the recordings folder: [{"name", "bytes", "url"}], newest first
     GET    /api/recordings/{name} one recording (video or its timeline)
     GET    /api/health            counts for monitoring and tests (sessions, tasks, threads)
+    GET    /api/osc               OSC: on or off, where, the reply target and the address table
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ from aiohttp import WSMsgType, web
 from studio.sidecar import Source
 
 from .control import ControlHub, ServerInfo, WebSocketEndpoint
+from .cues import CueBank
 from .engine import Engine
+from .osc import OscOptions, OscServer, describe as describe_osc
 from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
+from .tempo import TempoClock
 from .webrtc import OfferError, SessionManager
 
 log = logging.getLogger(__name__)
@@ -53,20 +57,25 @@ SOCKETS = web.AppKey("sockets", set)
 RECORDER = web.AppKey("recorder", Recorder)
 RECORD_AT_START = web.AppKey("record_at_start", bool)
 STATIC_ROOT = web.AppKey("static_root", Path)
+OSC = web.AppKey("osc", OscServer)
 
 
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
                host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
-               record: bool = False, enhancer: Any = None) -> web.Application:
+               record: bool = False, enhancer: Any = None, osc: OscOptions | None = None,
+               cues: CueBank | None = None, bpm: float = 120.0, link: bool = False) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
     offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
-    Recordings go to the folder `recordings`; `record` starts one with the stream."""
+    Recordings go to the folder `recordings`; `record` starts one with the stream. `cues` is
+    the cue bank (the shipped default when None), `bpm` the tempo, `link` follows Ableton Link."""
     pipe = engine.pipe
     width, height = pipe.size
     info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
                       width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
     recorder = Recorder(engine, recordings, lambda: stream_source(engine, info.config))
-    hub = ControlHub(engine, info, recorder=recorder, enhancer=enhancer)
+    hub = ControlHub(engine, info, recorder=recorder, enhancer=enhancer,
+                     cues=cues if cues is not None else CueBank.load(), tempo=TempoClock(bpm, clock=engine.clock),
+                     link=link)
     sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host)
     hub.viewers = sessions
 
@@ -83,6 +92,9 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/recordings", recordings_list)
     app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/api/osc", osc_table)
+    if osc is not None and osc.enabled:
+        app[OSC] = OscServer(hub, osc)       # OSC over UDP (server/osc.py)
     app.router.add_get("/", index)
     app.router.add_get("/projector", page("projector.html"))
     app.router.add_get("/watch", page("watch.html"))
@@ -109,6 +121,8 @@ def stream_source(engine: Engine, config_name: str) -> Source:
 
 async def _startup(app: web.Application) -> None:
     await app[HUB].start()
+    if OSC in app:
+        await app[OSC].start()
     if app[RECORD_AT_START]:
         app[RECORDER].start()      # before the first block: the recording has the whole stream
     if not app[ENGINE].running:
@@ -121,6 +135,8 @@ async def _shutdown(app: web.Application) -> None:
     for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")
     await asyncio.to_thread(app[RECORDER].stop)    # the files are complete before the server goes
+    if OSC in app:
+        await app[OSC].stop()
     await app[HUB].stop()
     await asyncio.to_thread(app[ENGINE].stop)
 
@@ -232,6 +248,11 @@ async def health(request: web.Request) -> web.Response:
         "bus_frames": len(app[ENGINE].bus.frames()),
         "bus_bytes": app[ENGINE].bus.memory_bytes(),
     })
+
+
+async def osc_table(request: web.Request) -> web.Response:
+    server = request.app.get(OSC)
+    return web.json_response(server.describe() if server is not None else describe_osc(None))
 
 
 async def index(request: web.Request) -> web.FileResponse:

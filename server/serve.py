@@ -28,6 +28,12 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     sock = listen(args.host, args.port)
     try:
+        from .osc import options_from_args  # the OSC port too is taken before the model loads
+
+        osc = options_from_args(args)
+        from .cues import CueBank
+
+        cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
 
@@ -36,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
         app = create_app(engine, host=sock.getsockname()[0],    # media offered where HTTP listens
                          recordings=folder, record=args.record is not None,
-                         enhancer=AsyncPromptEnhancer(enabled=not args.no_ai))
+                         enhancer=AsyncPromptEnhancer(enabled=not args.no_ai), osc=osc,
+                         cues=cues, bpm=args.bpm, link=args.link)
     except BaseException:
         sock.close()
         raise
