@@ -91,6 +91,45 @@ def osc_target(text: str) -> tuple[str, int]:
     return host, int(number)
 
 
+def kbps(text: str) -> int:
+    value = _whole(text, "a bitrate in kbit/s")
+    if not 50 <= value <= 50_000:
+        raise argparse.ArgumentTypeError(f"{value} kbit/s is outside 50-50000")
+    return value
+
+
+def keyframe_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0.5 <= value <= 600:
+        raise argparse.ArgumentTypeError(f"a keyframe interval of {text} s is outside 0.5-600")
+    return value
+
+
+def ice_server(text: str) -> str:
+    if not text.startswith(("stun:", "stuns:", "turn:", "turns:")) or len(text) > 500 or any(c.isspace() for c in text):
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a stun: or turn: URL")
+    return text
+
+
+def whip_url(text: str) -> str:
+    """A WHIP endpoint: an http:// or https:// URL with a host (what is shown of it leaves out any secrets)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+        parts.port                      # noqa: B018 (raises ValueError for a bad port)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise argparse.ArgumentTypeError("the WHIP endpoint must be an http:// or https:// URL with a host, "
+                                         "like https://sfu.example.com/whip/endpoint/stage")
+    return text
+
+
 def bpm(text: str) -> float:
     try:
         value = float(text)
@@ -161,6 +200,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="address the OSC port listens on (default: 127.0.0.1, this machine only)")
     p.add_argument("--osc-reply", type=osc_target, default=None, metavar="HOST:PORT",
                    help="send OSC acks, errors, state and beats to HOST:PORT (default: nowhere)")
+    p.add_argument("--bitrate", type=kbps, default=1000, metavar="KBPS",
+                   help="video bitrate of the one shared encoder every viewer gets (default: 1000 kbit/s)")
+    p.add_argument("--keyframe-interval", type=keyframe_seconds, default=4.0, metavar="SECONDS",
+                   help="a keyframe at least this often (default: 4); joining viewers get one at once")
+    p.add_argument("--ice-server", action="append", default=[], metavar="URL", type=ice_server,
+                   help="a STUN or TURN server (stun:host:port, turn:host:port), for viewers beyond the LAN; "
+                        "announced to WHEP players; may be repeated")
+    p.add_argument("--whip", type=whip_url, default=None, metavar="URL",
+                   help="also publish the stream into an SFU or media server at this WHIP endpoint (RFC 9725), "
+                        "reconnecting if it goes away; see docs/DEPLOY.md")
+    p.add_argument("--whip-token", default=os.environ.get("LONGLIVE_WHIP_TOKEN") or None, metavar="TOKEN",
+                   help="Bearer token for the WHIP endpoint (default: $LONGLIVE_WHIP_TOKEN; never logged)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

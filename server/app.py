@@ -39,7 +39,7 @@ from .osc import OscOptions, OscServer, describe as describe_osc
 from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
 from .tempo import TempoClock
-from .webrtc import OfferError, SessionManager
+from .webrtc import MediaOptions, OfferError, SessionManager
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ OSC = web.AppKey("osc", OscServer)
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
                host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
                record: bool = False, enhancer: Any = None, osc: OscOptions | None = None,
-               cues: CueBank | None = None, bpm: float = 120.0, link: bool = False) -> web.Application:
+               cues: CueBank | None = None, bpm: float = 120.0, link: bool = False,
+               media: MediaOptions | None = None) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
     offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
     Recordings go to the folder `recordings`; `record` starts one with the stream. `cues` is
@@ -76,7 +77,10 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     hub = ControlHub(engine, info, recorder=recorder, enhancer=enhancer,
                      cues=cues if cues is not None else CueBank.load(), tempo=TempoClock(bpm, clock=engine.clock),
                      link=link)
-    sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host)
+    media = media or MediaOptions()
+    sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host,
+                              bitrate=media.bitrate, keyframe_interval_s=media.keyframe_interval_s,
+                              ice_servers=media.ice_servers)
     hub.viewers = sessions
 
     app = web.Application(client_max_size=256 * 1024)

@@ -434,6 +434,8 @@ class ControlHub:
             "generated": self.engine.bus.next_seq,
             "lead_blocks": self.engine.lead_blocks,
             "viewers": self.viewers.count if self.viewers else 0,
+            "viewers_by_kind": self.viewers.counts() if hasattr(self.viewers, "counts") else None,
+            "encoder": self.viewers.encoder.stats() if hasattr(self.viewers, "encoder") else None,
             "controllers": self.count,
             "prompts": s.history,
             "segments": s.segments,

@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
+        from .webrtc import MediaOptions
 
         folder = args.record if args.record is not None else args.recordings
         from .enhance import AsyncPromptEnhancer
@@ -43,11 +44,24 @@ def run(args: argparse.Namespace) -> int:
         app = create_app(engine, host=sock.getsockname()[0],    # media offered where HTTP listens
                          recordings=folder, record=args.record is not None,
                          enhancer=AsyncPromptEnhancer(enabled=not args.no_ai), osc=osc,
-                         cues=cues, bpm=args.bpm, link=args.link)
+                         cues=cues, bpm=args.bpm, link=args.link,
+                         media=MediaOptions(bitrate=args.bitrate * 1000, keyframe_interval_s=args.keyframe_interval,
+                                            ice_servers=tuple(args.ice_server)),
+                         whip=whip_options(args))
     except BaseException:
         sock.close()
         raise
     return asyncio.run(_serve(app, sock, url(args.host, args.port), engine.pipe.embedded_default))
+
+
+def whip_options(args: argparse.Namespace):
+    """`--whip URL [--whip-token T]` as the publisher's options (None without --whip)."""
+    if getattr(args, "whip", None) is None:
+        return None
+    from .whip import WhipOptions
+
+    return WhipOptions(url=args.whip, token=getattr(args, "whip_token", None),
+                       ice_servers=tuple(getattr(args, "ice_server", None) or ()))
 
 
 def setup_logging(level: str) -> None:

@@ -1,14 +1,15 @@
-"""A viewer's video track: reads the frame bus at its own pace, latest frame first.
+"""A reader of the frame bus at the stream's fps, latest frame first, as video frames.
 
-One `BusVideoTrack` per viewer (aiortc asks it for a frame with `recv()` whenever the
-viewer's encoder is ready). It ticks on its own 90 kHz clock at the stream's fps and at
+The shared encoder (`stream_encoder.StreamEncoder`) reads the bus through one of these and
+encodes what it hands out once for every viewer; the WHIP publisher and any other consumer
+that wants paced frames can use one too (`recv()` whenever it is ready for a frame). It ticks on its own 90 kHz clock at the stream's fps and at
 each tick hands out the next frame in order, as long as that stays within one frame of the
 frame on air; otherwise the frame on air. So a viewer whose encoder falls behind skips
 frames, for itself only, and never queues any; a paused or stalled stream repeats the
 frame on air, so the browser keeps a live picture; and the track's ticks, which are not in
 step with the playhead's (both run at the stream's fps, with their own phase and a few ms of
 timer jitter), cost no frames: a tick just before the playhead moves on takes the next frame
-a little early instead of repeating one frame and skipping the next. Per viewer it keeps
+a little early instead of repeating one frame and skipping the next. Per reader it keeps
 one clock and a few counters, nothing else:
 
 - `sent`: frames handed to the encoder, one per tick, repeats included (so it grows at the

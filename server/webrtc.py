@@ -1,10 +1,11 @@
-"""WebRTC sessions: one peer connection per viewer, made from the browser's offer.
+"""WebRTC sessions: one peer connection per viewer, made from the viewer's offer.
 
-The browser offers a receive-only video transceiver and a data channel labelled
-"control"; the answer sends it a `BusVideoTrack` (its own reader of the shared frame bus)
-and the control channel is handed to the control hub. Gathering is not trickled: the
-answer carries all of the server's candidates. No STUN or TURN server is used (the server
-is meant for the same machine or a LAN).
+A page offers a receive-only video transceiver and a data channel labelled "control"; a
+WHEP player (`server/whep.py`) offers the video alone. The answer sends the viewer a
+`PacketTrack` of the stream's one shared encoder (`stream_encoder.StreamEncoder`: VP8,
+encoded once for every viewer), and a control channel goes to the control hub. Gathering is
+not trickled: the answer carries all of the server's candidates. ICE servers are used only
+when configured (`ice_servers`; the server is meant for the same machine or a LAN).
 
 Media stays where the server was told to listen. The `SessionManager` knows the address
 the HTTP socket is bound to and offers ICE host candidates on that address only
@@ -39,12 +40,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
 import aioice.ice
-from aiortc import RTCConfiguration, RTCDataChannel, RTCPeerConnection, RTCSessionDescription
+from aiortc import (RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender,
+                    RTCSessionDescription)
 
 from streaming.errors import UserError
 
 from .framebus import FrameBus
-from .track import BusVideoTrack
+from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, StreamEncoder
 
 log = logging.getLogger(__name__)
 
@@ -124,26 +126,62 @@ def reachable_candidates(sdp: str, addresses: tuple[str, ...] | None) -> str:
 class Session:
     id: str
     pc: RTCPeerConnection
-    track: BusVideoTrack
+    track: PacketTrack
+    kind: str = "page"                  # page | whep
     created: float = field(default_factory=time.time)
     channel: RTCDataChannel | None = None
+    etag: str = field(default_factory=lambda: f'"{secrets.token_urlsafe(9)}"')
+
+
+@dataclass(frozen=True)
+class MediaOptions:
+    """How video goes out: the shared encoder's bitrate (bits per second) and keyframe
+    interval, and the ICE servers (stun:/turn: URLs) to use and to announce."""
+
+    bitrate: int = DEFAULT_BITRATE
+    keyframe_interval_s: float = KEYFRAME_INTERVAL_S
+    ice_servers: tuple[str, ...] = ()
+
+
+def vp8_preferences() -> list:
+    """The codec list a viewer's video is answered with: VP8 (and its retransmissions), the
+    one codec the shared encoder makes."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    vp8 = [c for c in codecs if c.mimeType.lower() == "video/vp8"]
+    rtx = [c for c in codecs if c.mimeType.lower() == "video/rtx"]
+    return vp8 + rtx
 
 
 class SessionManager:
     def __init__(self, bus: FrameBus, size: tuple[int, int],
                  on_control_channel: Callable[[RTCDataChannel], object] | None = None, *,
-                 host: str | None = "127.0.0.1"):
+                 host: str | None = "127.0.0.1", bitrate: int = DEFAULT_BITRATE,
+                 keyframe_interval_s: float = KEYFRAME_INTERVAL_S, ice_servers: tuple[str, ...] = ()):
         """`host`: the address the server is bound to; ICE offers candidates there only
-        (`ice_host_addresses`; None or "0.0.0.0" for every address)."""
+        (`ice_host_addresses`; None or "0.0.0.0" for every address). `bitrate` and
+        `keyframe_interval_s` set the shared encoder; `ice_servers` (stun:/turn: URLs) are
+        used by the server's peer connections and announced to WHEP players."""
         self.bus = bus
         self.size = size
         self.on_control_channel = on_control_channel
         self.addresses = ice_host_addresses(host)
+        self.ice_servers = tuple(ice_servers)
+        self.encoder = StreamEncoder(bus, size, bitrate=bitrate, keyframe_interval_s=keyframe_interval_s)
         self._sessions: dict[str, Session] = {}
 
     @property
     def count(self) -> int:
         return len(self._sessions)
+
+    def counts(self) -> dict[str, int]:
+        """Viewers by kind (page, whep)."""
+        out = {"page": 0, "whep": 0}
+        for s in self._sessions.values():
+            out[s.kind] = out.get(s.kind, 0) + 1
+        return out
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
 
     def skipped(self) -> int:
         return sum(s.track.skipped for s in self._sessions.values())
@@ -155,14 +193,18 @@ class SessionManager:
     def __iter__(self):
         return iter(list(self._sessions.values()))
 
-    async def answer(self, sdp: str, kind: str = "offer") -> tuple[Session, RTCSessionDescription]:
-        """Answer a browser's offer: a new session streaming the bus."""
+    async def answer(self, sdp: str, kind: str = "offer", *, viewer: str = "page",
+                     dtls_server: bool = False) -> tuple[Session, RTCSessionDescription]:
+        """Answer a viewer's offer: a new session streaming the shared encoder's packets.
+        `viewer` is the kind of session (page, whep); `dtls_server` makes the answer take the
+        DTLS server role (`a=setup:passive`), which RFC 5763 allows the answerer: GStreamer's
+        webrtcbin (an RSA certificate) can only be the DTLS client of aiortc."""
         if kind != "offer":
             raise OfferError(f"expected an SDP offer, got type {kind!r}")
         if not isinstance(sdp, str) or "m=" not in sdp:
             raise OfferError("the offer has no media sections (is it an SDP offer?)")
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = Session(secrets.token_urlsafe(12), pc, BusVideoTrack(self.bus, self.size))
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice_servers]))
+        session = Session(secrets.token_urlsafe(12), pc, self.encoder.subscribe(), viewer)
         self._sessions[session.id] = session
 
         @pc.on("datachannel")
@@ -183,18 +225,28 @@ class SessionManager:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=reachable_candidates(sdp, self.addresses),
                                                                 type="offer"))
-            if not any(t.kind == "video" for t in pc.getTransceivers()):
+            video = next((t for t in pc.getTransceivers() if t.kind == "video"), None)
+            if video is None:
                 raise OfferError("the offer has no video section (add a receive-only video transceiver)")
-            pc.addTrack(session.track)
+            sender = pc.addTrack(session.track)
+            self.encoder.watch_keyframe_requests(sender)
+            video.setCodecPreferences(vp8_preferences())
+            if dtls_server:
+                for t in pc.getTransceivers():      # aiortc answers as the DTLS client unless told
+                    t.receiver.transport._set_role("server")
+                if pc.sctp is not None:
+                    pc.sctp.transport._set_role("server")
             with gathering_on(self.addresses):
                 await pc.setLocalDescription(await pc.createAnswer())
+            if "VP8" not in pc.localDescription.sdp:
+                raise OfferError("the offer does not accept VP8 video, the one codec this server sends")
         except OfferError:
             await self.close(session.id)
             raise
         except Exception as e:  # aiortc raises ValueError, KeyError, ... for offers it cannot use
             await self.close(session.id)
             raise OfferError(f"cannot answer this offer: {e or type(e).__name__}") from None
-        log.info("session %s opened (%d viewers)", session.id, self.count)
+        log.info("%s session %s opened (%d viewers)", viewer, session.id, self.count)
         return session, pc.localDescription
 
     async def close(self, session_id: str) -> bool:
@@ -211,3 +263,4 @@ class SessionManager:
 
     async def close_all(self) -> None:
         await asyncio.gather(*(self.close(sid) for sid in list(self._sessions)), return_exceptions=True)
+        await self.encoder.close()
