@@ -39,7 +39,10 @@ from .osc import OscOptions, OscServer, describe as describe_osc
 from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
 from .tempo import TempoClock
+from .track import BusVideoTrack
+from . import whep
 from .webrtc import MediaOptions, OfferError, SessionManager
+from .whip import WhipOptions, WhipPublisher
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +61,14 @@ RECORDER = web.AppKey("recorder", Recorder)
 RECORD_AT_START = web.AppKey("record_at_start", bool)
 STATIC_ROOT = web.AppKey("static_root", Path)
 OSC = web.AppKey("osc", OscServer)
+WHIP = web.AppKey("whip", WhipPublisher)
 
 
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
                host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
                record: bool = False, enhancer: Any = None, osc: OscOptions | None = None,
                cues: CueBank | None = None, bpm: float = 120.0, link: bool = False,
-               media: MediaOptions | None = None) -> web.Application:
+               media: MediaOptions | None = None, whip: WhipOptions | None = None) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
     offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
     Recordings go to the folder `recordings`; `record` starts one with the stream. `cues` is
@@ -96,9 +100,12 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/recordings", recordings_list)
     app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
+    whep.routes(app, lambda request: request.app[SESSIONS])
     app.router.add_get("/api/osc", osc_table)
     if osc is not None and osc.enabled:
         app[OSC] = OscServer(hub, osc)       # OSC over UDP (server/osc.py)
+    if whip is not None:                     # WHIP publish into an SFU (server/whip.py)
+        app[WHIP] = WhipPublisher(whip, lambda: BusVideoTrack(engine.bus, pipe.size))
     app.router.add_get("/", index)
     app.router.add_get("/projector", page("projector.html"))
     app.router.add_get("/watch", page("watch.html"))
@@ -131,10 +138,14 @@ async def _startup(app: web.Application) -> None:
         app[RECORDER].start()      # before the first block: the recording has the whole stream
     if not app[ENGINE].running:
         app[ENGINE].start()
+    if WHIP in app:
+        await app[WHIP].start()    # returns at once; connects (and reconnects) in its own task
 
 
 async def _shutdown(app: web.Application) -> None:
     """Close every viewer and control client, then stop the worker thread."""
+    if WHIP in app:
+        await app[WHIP].stop()     # DELETEs the WHIP resource while the stream still runs
     await app[SESSIONS].close_all()
     for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")
@@ -251,6 +262,7 @@ async def health(request: web.Request) -> web.Response:
         "threads": sorted(t.name for t in threading.enumerate()),
         "bus_frames": len(app[ENGINE].bus.frames()),
         "bus_bytes": app[ENGINE].bus.memory_bytes(),
+        **({"whip": app[WHIP].stats()} if WHIP in app else {}),
     })
 
 
