@@ -91,6 +91,12 @@ def osc_target(text: str) -> tuple[str, int]:
     return host, int(number)
 
 
+def token(text: str) -> str:
+    if len(text) < 8 or len(text) > 256 or any(c.isspace() or not c.isprintable() for c in text):
+        raise argparse.ArgumentTypeError("a token is 8 to 256 printable characters without spaces")
+    return text
+
+
 def kbps(text: str) -> int:
     value = _whole(text, "a bitrate in kbit/s")
     if not 50 <= value <= 50_000:
@@ -212,6 +218,21 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                         "reconnecting if it goes away; see docs/DEPLOY.md")
     p.add_argument("--whip-token", default=os.environ.get("LONGLIVE_WHIP_TOKEN") or None, metavar="TOKEN",
                    help="Bearer token for the WHIP endpoint (default: $LONGLIVE_WHIP_TOKEN; never logged)")
+    p.add_argument("--gst-sink", default=None, metavar="PIPELINE",
+                   help="also feed every frame into this GStreamer pipeline, after an appsrc "
+                        "(e.g. \"x264enc ! mp4mux ! filesink location=out.mp4\"; needs GStreamer and PyGObject: "
+                        "make gstreamer); see docs/GSTREAMER.md")
+    p.add_argument("--token", default=os.environ.get("LONGLIVE_TOKEN") or None, metavar="TOKEN", type=token,
+                   help="the performer token: only peers presenting it steer, everybody else only watches "
+                        "(default: $LONGLIVE_TOKEN; none: everyone steers)")
+    p.add_argument("--viewer-token", default=os.environ.get("LONGLIVE_VIEWER_TOKEN") or None, metavar="TOKEN",
+                   type=token, help="watching needs this token (or the performer's) too (default: "
+                                    "$LONGLIVE_VIEWER_TOKEN; none: anyone who reaches the server watches)")
+    p.add_argument("--max-viewers", type=positive_int, default=None, metavar="N",
+                   help="refuse viewers beyond N (pages and WHEP players; default: no limit)")
+    p.add_argument("--osc-allow", action="append", default=[], metavar="ADDRESS",
+                   help="take OSC from this sender address (may be repeated); with --token, OSC is taken only "
+                        "from this machine and these")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -35,13 +35,15 @@ from studio.sidecar import Source
 from .control import ControlHub, ServerInfo, WebSocketEndpoint
 from .cues import CueBank
 from .engine import Engine
+from .gst_sink import GstSink
 from .osc import OscOptions, OscServer, describe as describe_osc
 from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
+from .roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
 from .tempo import TempoClock
 from .track import BusVideoTrack
 from . import whep
-from .webrtc import MediaOptions, OfferError, SessionManager
+from .webrtc import MediaOptions, OfferError, SessionManager, ViewersFull
 from .whip import WhipOptions, WhipPublisher
 
 log = logging.getLogger(__name__)
@@ -61,14 +63,17 @@ RECORDER = web.AppKey("recorder", Recorder)
 RECORD_AT_START = web.AppKey("record_at_start", bool)
 STATIC_ROOT = web.AppKey("static_root", Path)
 OSC = web.AppKey("osc", OscServer)
+ACCESS = web.AppKey("access", Access)
 WHIP = web.AppKey("whip", WhipPublisher)
+GST_SINK = web.AppKey("gst_sink", GstSink)
 
 
 def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Path = CLIENT_DIR,
                host: str | None = "127.0.0.1", recordings: str | Path = "recordings",
                record: bool = False, enhancer: Any = None, osc: OscOptions | None = None,
                cues: CueBank | None = None, bpm: float = 120.0, link: bool = False,
-               media: MediaOptions | None = None, whip: WhipOptions | None = None) -> web.Application:
+               media: MediaOptions | None = None, whip: WhipOptions | None = None,
+               access: Access | None = None, gst_sink: str | None = None) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
     offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
     Recordings go to the folder `recordings`; `record` starts one with the stream. `cues` is
@@ -82,13 +87,16 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
                      cues=cues if cues is not None else CueBank.load(), tempo=TempoClock(bpm, clock=engine.clock),
                      link=link)
     media = media or MediaOptions()
+    access = access or Access()
+    scrub_logs(access)
     sessions = SessionManager(engine.bus, pipe.size, on_control_channel=hub.attach_channel, host=host,
                               bitrate=media.bitrate, keyframe_interval_s=media.keyframe_interval_s,
-                              ice_servers=media.ice_servers)
+                              ice_servers=media.ice_servers, max_viewers=access.max_viewers)
     hub.viewers = sessions
 
     app = web.Application(client_max_size=256 * 1024)
     app[ENGINE], app[HUB], app[SESSIONS], app[SOCKETS] = engine, hub, sessions, set()
+    app[ACCESS] = access
     app[RECORDER], app[RECORD_AT_START] = recorder, record
     app[STATIC_ROOT] = client_dir.resolve()
     app.router.add_post("/api/offer", offer)
@@ -100,12 +108,14 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/recordings", recordings_list)
     app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
-    whep.routes(app, lambda request: request.app[SESSIONS])
+    whep.routes(app, lambda request: request.app[SESSIONS], authorize=_whep_access)
     app.router.add_get("/api/osc", osc_table)
     if osc is not None and osc.enabled:
         app[OSC] = OscServer(hub, osc)       # OSC over UDP (server/osc.py)
     if whip is not None:                     # WHIP publish into an SFU (server/whip.py)
         app[WHIP] = WhipPublisher(whip, lambda: BusVideoTrack(engine.bus, pipe.size))
+    if gst_sink is not None:                 # every frame into a GStreamer pipeline (server/gst_sink.py)
+        app[GST_SINK] = GstSink(engine, gst_sink)
     app.router.add_get("/", index)
     app.router.add_get("/projector", page("projector.html"))
     app.router.add_get("/watch", page("watch.html"))
@@ -136,6 +146,8 @@ async def _startup(app: web.Application) -> None:
         await app[OSC].start()
     if app[RECORD_AT_START]:
         app[RECORDER].start()      # before the first block: the recording has the whole stream
+    if GST_SINK in app:
+        app[GST_SINK].start()      # likewise; returns at once, the pipeline starts on its own thread
     if not app[ENGINE].running:
         app[ENGINE].start()
     if WHIP in app:
@@ -150,6 +162,8 @@ async def _shutdown(app: web.Application) -> None:
     for ws in list(app[SOCKETS]):
         await ws.close(code=1001, message=b"server shutting down")
     await asyncio.to_thread(app[RECORDER].stop)    # the files are complete before the server goes
+    if GST_SINK in app:
+        await asyncio.to_thread(app[GST_SINK].stop)    # EOS: its files too are finalised
     if OSC in app:
         await app[OSC].stop()
     await app[HUB].stop()
@@ -157,13 +171,30 @@ async def _shutdown(app: web.Application) -> None:
 
 
 # -- routes ----------------------------------------------------------------------------------------
+def _role(request: web.Request) -> str:
+    """The role of the peer behind `request` (server.roles); 401 when it may not even watch."""
+    role = request.app[ACCESS].role(presented_token(request.headers, request.query))
+    if role is None:
+        raise web.HTTPUnauthorized(text=json.dumps({"type": "error", "id": None, "message": NEEDS_TOKEN}),
+                                   content_type="application/json",
+                                   headers={"WWW-Authenticate": 'Bearer realm="longlive"'})
+    return role
+
+
+async def _whep_access(request: web.Request) -> str | None:
+    return NEEDS_TOKEN if request.app[ACCESS].role(presented_token(request.headers, request.query)) is None else None
+
+
 async def offer(request: web.Request) -> web.Response:
+    role = _role(request)
     body = await _json_body(request)
     sdp, kind = body.get("sdp"), body.get("type", "offer")
     if not isinstance(sdp, str) or not isinstance(kind, str):
         raise _bad_request("the body needs \"sdp\" (string) and \"type\": \"offer\"")
     try:
-        session, answer = await request.app[SESSIONS].answer(sdp, kind)
+        session, answer = await request.app[SESSIONS].answer(sdp, kind, role=role)
+    except ViewersFull as e:
+        return web.json_response({"error": str(e)}, status=503, headers={"Retry-After": "5"})
     except OfferError as e:
         raise _bad_request(str(e)) from None
     return web.json_response({"sdp": answer.sdp, "type": answer.type, "session": session.id})
@@ -177,10 +208,11 @@ async def end_session(request: web.Request) -> web.Response:
 
 
 async def control_socket(request: web.Request) -> web.StreamResponse:
+    role = _role(request)
     ws = web.WebSocketResponse(max_msg_size=WS_MAX_FRAME, heartbeat=30)
     await ws.prepare(request)
     hub = request.app[HUB]
-    ep = WebSocketEndpoint(ws, binary=request.query.get("format", "msgpack") != "json")
+    ep = WebSocketEndpoint(ws, binary=request.query.get("format", "msgpack") != "json", role=role)
     request.app[SOCKETS].add(ws)
     hub.attach(ep)
     try:
@@ -199,10 +231,12 @@ async def control_socket(request: web.Request) -> web.StreamResponse:
 
 
 async def state(request: web.Request) -> web.Response:
+    _role(request)
     return web.json_response(request.app[HUB].state())
 
 
 async def prompt(request: web.Request) -> web.Response:
+    role = _role(request)
     body = await _json_body(request)
     if "type" in body and body["type"] != "prompt":
         raise _bad_request("this endpoint takes prompts only; leave out \"type\"")
@@ -210,7 +244,9 @@ async def prompt(request: web.Request) -> web.Response:
         command = parse_command({**body, "type": "prompt"})
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
-    replies = await _dispatch(request.app[HUB], command)
+    replies = await _dispatch(request.app[HUB], command, role)
+    if role != PERFORMER:
+        return web.json_response(replies[0], status=403)
     if replies[0]["type"] == "error":     # refused: the engine is restarting, stopped or has a full queue
         return web.json_response(replies[0], status=503, headers={"Retry-After": "1"})
     return web.json_response(replies[0], status=202)
@@ -218,29 +254,33 @@ async def prompt(request: web.Request) -> web.Response:
 
 async def command(request: web.Request) -> web.Response:
     """Any control message as a JSON body: 202 with the ack (200 with the state for status),
-    400 when invalid, 409 when a recording cannot start or stop, 503 + Retry-After when the
-    engine refused it (restarting, stopped, or its queue full)."""
+    400 when invalid, 401 without a token the server asks for, 403 for a viewer's command, 409
+    when a recording cannot start or stop, 503 + Retry-After when the engine refused it
+    (restarting, stopped, or its queue full)."""
+    role = _role(request)
     body = await _json_body(request)
     try:
         cmd = parse_command(body)
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
-    if isinstance(cmd, EnhanceCommand):
-        return web.json_response((await request.app[HUB].enhance(cmd)).to_wire())
-    replies = await _dispatch(request.app[HUB], cmd)
+    replies = await _dispatch(request.app[HUB], cmd, role)
     reply = replies[0]
     if reply["type"] != "error":
         return web.json_response(reply, status=202 if reply["type"] == "ack" else 200)
+    if role != PERFORMER:
+        return web.json_response(reply, status=403)
     if isinstance(cmd, RecordCommand):      # already recording, nothing to stop, folder not writable
         return web.json_response(reply, status=409)
     return web.json_response(reply, status=503, headers={"Retry-After": "1"})   # the engine refused it
 
 
 async def recordings_list(request: web.Request) -> web.Response:
+    _role(request)
     return web.json_response({"recording": request.app[RECORDER].status(), "files": request.app[RECORDER].files()})
 
 
 async def recording_file(request: web.Request) -> web.FileResponse:
+    _role(request)
     name = request.match_info["name"]
     path = request.app[RECORDER].path_of(name)
     if path is None:
@@ -263,6 +303,7 @@ async def health(request: web.Request) -> web.Response:
         "bus_frames": len(app[ENGINE].bus.frames()),
         "bus_bytes": app[ENGINE].bus.memory_bytes(),
         **({"whip": app[WHIP].stats()} if WHIP in app else {}),
+        **({"gst_sink": app[GST_SINK].stats()} if GST_SINK in app else {}),
     })
 
 
@@ -293,15 +334,19 @@ async def static_file(request: web.Request) -> web.FileResponse:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-async def _dispatch(hub: ControlHub, command: Any) -> list[dict[str, Any]]:
-    """The hub's replies to one command, as JSON maps: the first is the ack or the error. A prompt with
-    enhance: true is rewritten first (the reply then carries the rewrite as "enhanced")."""
+async def _dispatch(hub: ControlHub, command: Any, role: str = PERFORMER) -> list[dict[str, Any]]:
+    """The hub's replies to one command, as JSON maps: the first is the ack or the error (or, for
+    `enhance`, the `enhanced` answer). A prompt with enhance: true is rewritten first (the reply
+    then carries the rewrite as "enhanced"). A viewer's command goes to the hub as it is, which
+    refuses it, so nothing (an AI call included) happens for it."""
+    if role == PERFORMER and isinstance(command, EnhanceCommand):
+        return [(await hub.enhance(command)).to_wire()]
     enhanced = None
-    if isinstance(command, PromptCommand) and command.enhance:
+    if role == PERFORMER and isinstance(command, PromptCommand) and command.enhance:
         enhanced = (await hub.enhance(command)).to_wire()
         command = PromptCommand(id=command.id, text=enhanced["text"])
     replies: list[dict[str, Any]] = []
-    hub.dispatch(command, lambda event: replies.append(event.to_wire()))
+    hub.dispatch(command, lambda event: replies.append(event.to_wire()), role)
     if enhanced is not None:
         replies[0] = {**replies[0], "enhanced": enhanced}
     return replies

@@ -37,6 +37,7 @@ from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ac
                        ProtocolError, RecordCommand, RewindCommand, StateEvent, Stats, StatusCommand, TapCommand,
                        TempoCommand, TransitionCommand, encode, read_command)
 from .recorder import Recorder, RecordingError
+from .roles import NEEDS_PERFORMER, PERFORMER
 from .tempo import LinkTempo, TempoClock
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,10 @@ class Endpoint:
 
     kind = "endpoint"
 
-    def __init__(self, binary: bool = True):
+    def __init__(self, binary: bool = True, role: str = PERFORMER):
         self.binary = binary
         self.closed = False
+        self.role = role                  # performer | viewer (server.roles): what it may do
 
     def send(self, event: Event) -> None:
         raise NotImplementedError
@@ -85,8 +87,8 @@ class Endpoint:
 class DataChannelEndpoint(Endpoint):
     kind = "datachannel"
 
-    def __init__(self, channel: RTCDataChannel):
-        super().__init__(binary=channel.protocol != "json")
+    def __init__(self, channel: RTCDataChannel, role: str = PERFORMER):
+        super().__init__(binary=channel.protocol != "json", role=role)
         self.channel = channel
 
     def send(self, event: Event) -> None:
@@ -104,8 +106,8 @@ class DataChannelEndpoint(Endpoint):
 class WebSocketEndpoint(Endpoint):
     kind = "websocket"
 
-    def __init__(self, ws: web.WebSocketResponse, binary: bool = True):
-        super().__init__(binary)
+    def __init__(self, ws: web.WebSocketResponse, binary: bool = True, role: str = PERFORMER):
+        super().__init__(binary, role)
         self.ws = ws
         self._queue: asyncio.Queue[bytes | str | None] = asyncio.Queue(WS_QUEUE)
         self._writer = asyncio.create_task(self._write(), name="longlive-ws-writer")
@@ -215,9 +217,9 @@ class ControlHub:
         self._endpoints.discard(ep)
         ep.close()
 
-    def attach_channel(self, channel: RTCDataChannel) -> DataChannelEndpoint:
+    def attach_channel(self, channel: RTCDataChannel, role: str = PERFORMER) -> DataChannelEndpoint:
         """Serve a WebRTC data channel (hello goes out as soon as it is open)."""
-        ep = DataChannelEndpoint(channel)
+        ep = DataChannelEndpoint(channel, role)
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
@@ -242,11 +244,17 @@ class ControlHub:
             log.debug("rejected a control message: %s", e)   # the client hears it; a flood must not fill the log
             ep.send(ErrorEvent(id=e.id, message=str(e)))
             return
-        self.dispatch(command, ep.send)
+        self.dispatch(command, ep.send, ep.role)
 
-    def dispatch(self, command: Command, reply: Callable[[Event], None]) -> None:
+    def dispatch(self, command: Command, reply: Callable[[Event], None], role: str = PERFORMER) -> None:
+        """Act on a valid command from a peer of `role`: a viewer may ask for the state, and
+        every other command of a viewer is answered with an error (roles are checked here,
+        where every path's commands enter, and nowhere else)."""
         if isinstance(command, StatusCommand):
             reply(StateEvent(id=command.id, state=self.state()))
+            return
+        if role != PERFORMER:
+            reply(ErrorEvent(id=command.id, message=NEEDS_PERFORMER.format(command=command.TYPE)))
             return
         if isinstance(command, RecordCommand):
             self._record(command, reply)

@@ -219,6 +219,7 @@ class OscOptions:
     host: str = "127.0.0.1"
     reply: tuple[str, int] | None = None       # where acks, errors and state go; None: nowhere
     sock: socket.socket | None = field(default=None, repr=False)   # already bound (serve takes the port early)
+    allow: frozenset[str] | None = None        # the sender addresses taken (None: any that reaches the port)
 
     @property
     def enabled(self) -> bool:
@@ -232,7 +233,11 @@ def options_from_args(args: Any) -> OscOptions | None:
         getattr(args, "osc_reply", None)
     if port is None and reply is None:
         return None
-    return OscOptions(port=port, host=host, reply=reply, sock=None if port is None else bind(host, port))
+    allow = set(getattr(args, "osc_allow", None) or ())
+    if getattr(args, "token", None) or allow:       # a locked server takes OSC from this machine and the listed
+        allow |= {"127.0.0.1", "::1"}
+    return OscOptions(port=port, host=host, reply=reply, sock=None if port is None else bind(host, port),
+                      allow=frozenset(allow) if allow else None)
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -316,9 +321,19 @@ class OscServer:
             self._sender = None
 
     # -- receiving ----------------------------------------------------------------------------------
-    def handle(self, data: bytes) -> None:
-        """One datagram: every message checked first, then each command dispatched; or one refusal."""
+    def handle(self, data: bytes, source: str | None = None) -> None:
+        """One datagram (from address `source`): every message checked first, then each command
+        dispatched; or one refusal."""
         self.received += 1
+        allow = self.options.allow
+        if source is not None and source.startswith("::ffff:"):     # an IPv4 sender on a dual-stack socket
+            source = source[len("::ffff:"):]
+        if allow is not None and source is not None and source not in allow:
+            self.refused += 1
+            log.debug("refused OSC from %s (not in --osc-allow)", source)
+            self.send(PREFIX + "error", f"OSC from {source} is not taken: this server takes OSC from "
+                                        f"{', '.join(sorted(allow))} (--osc-allow)")
+            return
         try:
             commands = [to_command(address, args) for address, args in read_packet(bytes(data))]
         except ProtocolError as e:
@@ -392,7 +407,7 @@ class _Receiver(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
-            self.server.handle(data)
+            self.server.handle(data, addr[0] if isinstance(addr, tuple) and addr else None)
         except Exception:        # a bug here must not end the endpoint
             log.exception("OSC packet handling failed")
 

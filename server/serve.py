@@ -34,8 +34,10 @@ def run(args: argparse.Namespace) -> int:
         from .cues import CueBank
 
         cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
+        gst_sink = gst_sink_pipeline(args)  # so are missing GStreamer and a bad --gst-sink pipeline
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
+        from .roles import Access
         from .webrtc import MediaOptions
 
         folder = args.record if args.record is not None else args.recordings
@@ -47,7 +49,8 @@ def run(args: argparse.Namespace) -> int:
                          cues=cues, bpm=args.bpm, link=args.link,
                          media=MediaOptions(bitrate=args.bitrate * 1000, keyframe_interval_s=args.keyframe_interval,
                                             ice_servers=tuple(args.ice_server)),
-                         whip=whip_options(args))
+                         whip=whip_options(args), gst_sink=gst_sink,
+                         access=Access(args.token, args.viewer_token, args.max_viewers))
     except BaseException:
         sock.close()
         raise
@@ -62,6 +65,17 @@ def whip_options(args: argparse.Namespace):
 
     return WhipOptions(url=args.whip, token=getattr(args, "whip_token", None),
                        ice_servers=tuple(getattr(args, "ice_server", None) or ()))
+
+
+def gst_sink_pipeline(args: argparse.Namespace) -> str | None:
+    """`--gst-sink PIPELINE`, checked: GStreamer is installed and the pipeline parses (UserError otherwise)."""
+    pipeline = getattr(args, "gst_sink", None)
+    if pipeline is None:
+        return None
+    from .gst_sink import check
+
+    check(pipeline)
+    return pipeline
 
 
 def setup_logging(level: str) -> None:

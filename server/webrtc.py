@@ -46,6 +46,7 @@ from aiortc import (RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConne
 from streaming.errors import UserError
 
 from .framebus import FrameBus
+from .roles import PERFORMER
 from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, StreamEncoder
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,10 @@ CONTROL_LABEL = "control"
 
 class OfferError(UserError, ValueError):
     """An offer we cannot answer; the message is one sentence for the client."""
+
+
+class ViewersFull(OfferError):
+    """The server already has its `max_viewers`."""
 
 
 # -- where ICE gathers ------------------------------------------------------------------------------
@@ -128,6 +133,7 @@ class Session:
     pc: RTCPeerConnection
     track: PacketTrack
     kind: str = "page"                  # page | whep
+    role: str = PERFORMER               # what its control channel may do (server.roles)
     created: float = field(default_factory=time.time)
     channel: RTCDataChannel | None = None
     etag: str = field(default_factory=lambda: f'"{secrets.token_urlsafe(9)}"')
@@ -154,9 +160,10 @@ def vp8_preferences() -> list:
 
 class SessionManager:
     def __init__(self, bus: FrameBus, size: tuple[int, int],
-                 on_control_channel: Callable[[RTCDataChannel], object] | None = None, *,
+                 on_control_channel: Callable[[RTCDataChannel, str], object] | None = None, *,
                  host: str | None = "127.0.0.1", bitrate: int = DEFAULT_BITRATE,
-                 keyframe_interval_s: float = KEYFRAME_INTERVAL_S, ice_servers: tuple[str, ...] = ()):
+                 keyframe_interval_s: float = KEYFRAME_INTERVAL_S, ice_servers: tuple[str, ...] = (),
+                 max_viewers: int | None = None):
         """`host`: the address the server is bound to; ICE offers candidates there only
         (`ice_host_addresses`; None or "0.0.0.0" for every address). `bitrate` and
         `keyframe_interval_s` set the shared encoder; `ice_servers` (stun:/turn: URLs) are
@@ -166,6 +173,7 @@ class SessionManager:
         self.on_control_channel = on_control_channel
         self.addresses = ice_host_addresses(host)
         self.ice_servers = tuple(ice_servers)
+        self.max_viewers = max_viewers
         self.encoder = StreamEncoder(bus, size, bitrate=bitrate, keyframe_interval_s=keyframe_interval_s)
         self._sessions: dict[str, Session] = {}
 
@@ -193,7 +201,7 @@ class SessionManager:
     def __iter__(self):
         return iter(list(self._sessions.values()))
 
-    async def answer(self, sdp: str, kind: str = "offer", *, viewer: str = "page",
+    async def answer(self, sdp: str, kind: str = "offer", *, viewer: str = "page", role: str = PERFORMER,
                      dtls_server: bool = False) -> tuple[Session, RTCSessionDescription]:
         """Answer a viewer's offer: a new session streaming the shared encoder's packets.
         `viewer` is the kind of session (page, whep); `dtls_server` makes the answer take the
@@ -203,8 +211,11 @@ class SessionManager:
             raise OfferError(f"expected an SDP offer, got type {kind!r}")
         if not isinstance(sdp, str) or "m=" not in sdp:
             raise OfferError("the offer has no media sections (is it an SDP offer?)")
+        if self.max_viewers is not None and self.count >= self.max_viewers:
+            raise ViewersFull(f"this server already has its {self.max_viewers} viewers (--max-viewers); "
+                              f"try again when one leaves")
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice_servers]))
-        session = Session(secrets.token_urlsafe(12), pc, self.encoder.subscribe(), viewer)
+        session = Session(secrets.token_urlsafe(12), pc, self.encoder.subscribe(), viewer, role)
         self._sessions[session.id] = session
 
         @pc.on("datachannel")
@@ -214,7 +225,7 @@ class SessionManager:
                 return
             session.channel = channel
             if self.on_control_channel is not None:
-                self.on_control_channel(channel)
+                self.on_control_channel(channel, session.role)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
