@@ -3,6 +3,10 @@ import { connect } from "./rtc.js";
 import { ControlChannel, PROTOCOL_VERSION } from "./control.js";
 import { encode } from "./vendor/msgpack/index.mjs";
 import * as ui from "./ui.js";
+import { keyAction, blendPrompts, blendLabel, throttle, firstFreeCue, BLEND_INTERVAL_MS } from "./cues.js";
+import { BeatClock } from "./tempo.js";
+import { MidiMap, MidiMapError, openMidi, describeControl, describeTarget, targetKey, parseTarget,
+         MAX_FILE_BYTES } from "./midi.js";
 
 const { els } = ui;
 const DEFAULT_PROMPT_CHARS = 2000;   // until the server's hello says (state.limits.prompt_chars)
@@ -108,6 +112,7 @@ function wireControl(c) {
     if (state.stats) ui.showStats(state.stats, state.fps);
     ui.showEnhancer(state.enhancer);
     showExtras();
+    showStage();
     checkPrompt();
   });
   c.on("state", (msg) => {
@@ -119,6 +124,7 @@ function wireControl(c) {
       rewindRequest = null;
     }
     showExtras();                         // (a state comes with every segment kept, so the list is current)
+    showStage();
   });
   c.on("stats", (msg) => {
     state.stats = msg;
@@ -156,11 +162,15 @@ function wireControl(c) {
   });
   c.on("prompt_applied", (msg) => {
     state.prompt = msg.text;
+    if (msg.cue != null) {            // (the next state says it too; this shows it with the picture)
+      const quantize = msg.offset_ms == null ? "none" : (firedQuantize.get(msg.cue) ?? "beat or bar");
+      state.last_fire = { cue: msg.cue, quantize, offset_ms: msg.offset_ms };
+    }
     ui.addApplied(msg);
     ui.showLatency(msg.latency_ms + msg.plays_in_ms);
     // the caption follows the picture: the new block goes on air after the frames before it
     clearTimeout(captionTimer);
-    captionTimer = setTimeout(() => ui.showState(state, isLive()), msg.plays_in_ms);
+    captionTimer = setTimeout(() => { ui.showState(state, isLive()); showStage(); }, msg.plays_in_ms);
   });
   c.on("error", (msg) => {
     // a refused prompt: its entry in the list says why (and the message shows too)
@@ -389,6 +399,263 @@ ui.onRewindClick((segment) => {
     ui.markRewind(segment, "sending");
   }
 });
+
+// -- the performer deck: cues, tempo, transition, blend ------------------------------------------
+const beat = new BeatClock();
+const firedQuantize = new Map();     // cue -> the quantize this page last fired it with
+
+/** Cues, tempo, transition and last fire, from the state. */
+function showStage() {
+  ui.showCues(state.cues, {
+    armed: state.armed ?? null, armedReady: Boolean(state.armed_ready), prompt: state.prompt ?? null,
+    midi: (key) => {
+      const control = midi.controlFor(key);
+      return control ? ` · MIDI ${describeControl(control)}` : "";
+    },
+  });
+  ui.suggestCueNumber(firstFreeCue(state.cues));
+  ui.showLastFire(state.last_fire);
+  if (state.tempo) {
+    beat.update(state.tempo);
+    ui.showTempo(state.tempo);
+    ui.runBeat(beat);
+  }
+  ui.showTransition(state.transition_default, state.transition);
+}
+
+function fire(cue) {
+  if (!state.cues?.some((c) => c.cue === cue)) {
+    ui.showError(`Cue ${cue} is empty: store a prompt in it first.`);
+    return;
+  }
+  const quantize = els.quantize.value;
+  if (send("fire", { cue, quantize })) {
+    firedQuantize.set(cue, quantize);
+    ui.markFiring(cue);
+  }
+}
+
+function arm(cue) {
+  if (!state.cues?.some((c) => c.cue === cue)) {
+    ui.showError(`Cue ${cue} is empty: nothing to arm.`);
+    return;
+  }
+  send("arm", { cue });
+}
+
+const tap = () => send("tap");
+
+ui.onCueClick((action, cue) => (action === "arm" ? arm(cue) : fire(cue)));
+els.tap.addEventListener("click", tap);
+
+document.addEventListener("keydown", (ev) => {
+  if (ev.key === "Escape" && learning) {
+    setLearning(false);
+    return;
+  }
+  const what = keyAction(ev);
+  if (!what) return;
+  ev.preventDefault();
+  if (what.action === "tap") tap();
+  else if (what.action === "arm") arm(what.cue);
+  else fire(what.cue);
+});
+
+// Enter in a deck field sends it and hands the keys back to the cues
+for (const field of [els.bpm, els.beatsPerBar, els.transitionBlocks, els.cueNumber, els.cueName]) {
+  field.addEventListener("keydown", (ev) => {
+    if (ev.key === "Escape") field.blur();
+  });
+}
+for (const field of [els.bpm, els.beatsPerBar, els.transitionBlocks]) {
+  field.addEventListener("keydown", (ev) => {
+    if (ev.key === "Enter") {
+      ev.preventDefault();
+      field.blur();                       // (the change event sends it)
+    }
+  });
+}
+
+els.cueStoreForm.addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const cue = Number(els.cueNumber.value);
+  if (!Number.isInteger(cue) || cue < 1 || cue > 99) {
+    ui.showError("A cue number is a whole number from 1 to 99.");
+    return;
+  }
+  const text = els.prompt.value.trim();
+  if (!promptLength(text)) {
+    ui.showError("Type a prompt in the prompt box first: that is what a cue stores.");
+    els.prompt.focus();
+    return;
+  }
+  if (promptLength(text) > promptLimit()) {
+    ui.showError(`This prompt is too long for a cue (the server takes at most ${promptLimit()} characters).`);
+    return;
+  }
+  const name = els.cueName.value.trim();
+  if (send("cue", { cue, text, ...(name ? { name } : {}) })) {
+    ui.showInfo(`Cue ${cue} stored${name ? ` as “${name}”` : ""}.`);
+    els.cueName.value = "";
+    els.cueNumber.dataset.suggested = els.cueNumber.value;    // suggest the next free one again
+    els.cueNumber.blur();
+  }
+});
+
+function sendTempo() {
+  const bpm = Number(els.bpm.value);
+  const beatsPerBar = Number(els.beatsPerBar.value);
+  if (!Number.isFinite(bpm) || bpm < 20 || bpm > 300) {
+    ui.showError("The tempo must be between 20 and 300 BPM.");
+    if (state.tempo) els.bpm.value = String(state.tempo.bpm);
+    return;
+  }
+  const fields = { bpm };
+  if (Number.isInteger(beatsPerBar) && beatsPerBar >= 1 && beatsPerBar <= 16) fields.beats_per_bar = beatsPerBar;
+  send("tempo", fields);
+}
+els.bpm.addEventListener("change", sendTempo);
+els.beatsPerBar.addEventListener("change", sendTempo);
+
+function sendTransition() {
+  const blocks = Number(els.transitionBlocks.value);
+  if (!Number.isInteger(blocks) || blocks < 0 || blocks > 64) {
+    ui.showError("A transition is a whole number of blocks from 0 (a cut) to 64.");
+    if (state.transition_default) els.transitionBlocks.value = String(state.transition_default.blocks);
+    return;
+  }
+  send("transition", { blocks, method: els.transitionMethod.value });
+}
+const sendTransitionSoon = throttle(sendTransition, BLEND_INTERVAL_MS);    // a MIDI knob turns fast
+els.transitionBlocks.addEventListener("change", sendTransition);
+els.transitionMethod.addEventListener("change", sendTransition);
+
+function sendBlend() {
+  const a = els.blendA.value.trim(), b = els.blendB.value.trim();
+  if (!a || !b) {
+    ui.showBlendHint("Type both prompt A and prompt B first: nothing was sent.", true);
+    return;
+  }
+  if (promptLength(a) > promptLimit() || promptLength(b) > promptLimit()) {
+    ui.showBlendHint(`Each blend prompt can be at most ${promptLimit()} characters: nothing was sent.`, true);
+    return;
+  }
+  const w = Number(els.blendWeight.value);
+  if (send("prompt", { prompts: blendPrompts(a, b, w) })) ui.showBlendHint(`sent ${blendLabel(w)}`);
+}
+const sendBlendSoon = throttle(sendBlend, BLEND_INTERVAL_MS);
+els.blendWeight.addEventListener("input", () => {
+  ui.showBlendValue(blendLabel(els.blendWeight.value));
+  if (!learning) sendBlendSoon();
+});
+
+// -- MIDI: learn, map, persist -------------------------------------------------------------------
+let learning = false;
+const loaded = MidiMap.load();
+const midi = loaded.map;
+if (loaded.error) ui.showMidiMessage(`${loaded.error[0].toUpperCase()}${loaded.error.slice(1)}.`, true);
+
+function showMappings() {
+  ui.showMidiMappings(midi.mappings.map((m) => ({
+    key: targetKey(m.target), control: describeControl(m.control), target: describeTarget(m.target),
+  })), (key) => {
+    midi.remove(key);
+    midi.save();
+    showMappings();
+  });
+  if (state.cues) showStage();
+}
+
+function setLearning(on) {
+  learning = on;
+  midi.cancel();
+  ui.showLearning(on);
+  ui.showMidiMessage(on ? "Learn: click what a control should drive (a cue, an arm button, the glide, the blend slider)."
+    : "");
+}
+
+els.midiLearn.addEventListener("click", () => setLearning(!learning));
+
+// in learn mode a click on a target picks it (and does not fire, arm or move anything)
+document.addEventListener("click", (ev) => {
+  if (!learning) return;
+  const el = ev.target.closest?.("[data-learn]");
+  if (!el) return;
+  ev.preventDefault();
+  ev.stopPropagation();
+  const target = midi.learn(parseTarget(el.dataset.learn));
+  ui.markLearnTarget(el.dataset.learn);
+  ui.showMidiMessage(`Move a control (a key, pad, knob or fader) for: ${describeTarget(target)}.`);
+}, true);
+
+function onMidi(data) {
+  const action = midi.handle(data);
+  if (!action) return;
+  switch (action.type) {
+    case "learned":
+      midi.save();
+      ui.markLearnTarget(null);
+      ui.showMidiMessage(`Learned: ${describeControl(action.mapping.control)} → ${describeTarget(action.mapping.target)}. ` +
+        "Click another target, or Done.");
+      showMappings();
+      break;
+    case "fire":
+      fire(action.cue);
+      break;
+    case "arm":
+      arm(action.cue);
+      break;
+    case "transition_blocks":
+      els.transitionBlocks.value = String(action.blocks);
+      sendTransitionSoon();
+      break;
+    case "blend_weight":
+      els.blendWeight.value = String(action.weight);
+      ui.showBlendValue(blendLabel(action.weight));
+      sendBlendSoon();
+      break;
+  }
+}
+
+els.midiExport.addEventListener("click", () => {
+  const blob = new Blob([JSON.stringify(midi.toJSON(), null, 2) + "\n"], { type: "application/json" });
+  const a = document.createElement("a");
+  a.href = URL.createObjectURL(blob);
+  a.download = "longlive-midi.json";
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+  ui.showMidiMessage(`Exported ${midi.size} mapping${midi.size === 1 ? "" : "s"} as longlive-midi.json.`);
+});
+
+els.midiImport.addEventListener("change", async () => {
+  const file = els.midiImport.files?.[0];
+  els.midiImport.value = "";
+  if (!file) return;
+  const refuse = (why) => ui.showMidiMessage(`${file.name} was not imported: ${why}; the mappings are unchanged.`, true);
+  if (file.size > MAX_FILE_BYTES) {
+    refuse(`it is larger than ${MAX_FILE_BYTES / 1024} KiB`);
+    return;
+  }
+  let imported;
+  try {
+    imported = MidiMap.parse(await file.text());
+  } catch (err) {
+    if (!(err instanceof MidiMapError)) throw err;
+    refuse(err.message);
+    return;
+  }
+  setLearning(false);
+  midi.clear();
+  for (const m of imported.mappings) midi.bind(m.control, m.target);
+  midi.save();
+  showMappings();
+  ui.showMidiMessage(`Imported ${midi.size} mapping${midi.size === 1 ? "" : "s"} from ${file.name}.`);
+});
+
+showMappings();
+openMidi(onMidi, ui.showMidiStatus);
 
 // hide the overlay once pictures arrive (and the connection is up)
 els.video.addEventListener("playing", () => { if (isLive()) ui.setOverlay(null); });

@@ -17,6 +17,18 @@ export const els = {
   enhance: $("enhance"), review: $("review"), reviewInput: $("review-input"), reviewText: $("review-text"),
   reviewMeta: $("review-meta"), reviewAccept: $("review-accept"), reviewRegen: $("review-regen"),
   reviewEdit: $("review-edit"), reviewCancel: $("review-cancel"),
+  // the performer deck: cues, tempo, transition, blend, MIDI; and the lead in the header
+  buffered: $("stat-buffered"), lead: $("stat-lead"), leadBox: $("stat-lead-box"),
+  cues: $("cues"), quantize: $("cue-quantize"), cueStoreForm: $("cue-store-form"), cueNumber: $("cue-number"),
+  cueName: $("cue-name"), cueStore: $("cue-store"), lastFire: $("last-fire"),
+  bpm: $("bpm"), beatsPerBar: $("beats-per-bar"), tap: $("tap"), beat: $("beat"), beatCount: $("beat-count"),
+  tempoSource: $("tempo-source"), tempoNotice: $("tempo-notice"),
+  transitionBlocks: $("transition-blocks"), transitionMethod: $("transition-method"),
+  transitionState: $("transition-state"), transitionText: $("transition-text"), transitionProgress: $("transition-progress"),
+  blendA: $("blend-a"), blendB: $("blend-b"), blendWeight: $("blend-weight"), blendValue: $("blend-value"),
+  blendHint: $("blend-hint"),
+  midiStatus: $("midi-status"), midiLearn: $("midi-learn"), midiExport: $("midi-export"), midiImport: $("midi-import"),
+  midiMessage: $("midi-message"), midiMappings: $("midi-mappings"),
 };
 
 const HINT = "Enter ↵ to switch";
@@ -66,6 +78,7 @@ export function showState(state, connected = true) {
   if (document.activeElement !== els.seed) els.seed.value = String(state.seed ?? 0);
   els.pause.textContent = state.paused ? "Resume" : "Pause";
   els.pause.setAttribute("aria-pressed", state.paused ? "true" : "false");
+  if (state.lead_blocks != null) els.lead.textContent = `${state.lead_blocks} block${state.lead_blocks === 1 ? "" : "s"}`;
   if (!connected) return;
   if (state.failed || state.engine === "stopped") setStatus("failed", "generator stopped");
   else if (state.engine === "restarting") setStatus("restarting", "restarting after an error");
@@ -86,7 +99,13 @@ export function showStats(stats, streamFps) {
     `(slowest: ${rate(stats.delivered_fps_min)}); a frozen picture counts 0 however often it is resent\n` +
     `played: ${rate(stats.fps)} fps; measured over ${(stats.rate_window_s ?? 0).toFixed(1)} s`;
   els.block.textContent = `${Math.round(stats.block_ms)} ms`;
+  els.block.parentElement.title = `milliseconds to generate one block: ${Math.round(stats.dit_ms ?? 0)} ms DiT + ` +
+    `${Math.round(stats.decode_ms ?? 0)} ms decode`;
   els.viewers.textContent = String(stats.viewers);
+  if (stats.buffered != null) {
+    els.buffered.textContent = String(stats.buffered);
+    els.leadBox.dataset.low = !stats.paused && stats.buffered === 0 ? "true" : "false";
+  }
 
   let stall = null;
   const measured = !stats.paused && stats.generated_fps != null && (stats.rate_window_s ?? 0) >= STALL_WINDOW_S;
@@ -130,7 +149,12 @@ function entry(text, metaText, className = "") {
 }
 
 function appliedItem(p) {
-  const li = entry(p.text, `${clock(p.time)} · block ${p.block} · ${Math.round(p.latency_ms)} ms`, "applied");
+  const extra = [];
+  if (p.cue != null) extra.push(`cue ${p.cue}`);
+  if (p.transition) extra.push(`${p.transition.method} glide over ${p.transition.blocks} blocks`);
+  if (p.offset_ms != null) extra.push(`${Math.round(p.offset_ms)} ms after the beat`);
+  const meta = `${clock(p.time)} · block ${p.block} · ${Math.round(p.latency_ms)} ms${extra.map((x) => ` · ${x}`).join("")}`;
+  const li = entry(p.text, meta, "applied");
   li.dataset.block = String(p.block);
   if (p.id != null) li.dataset.id = String(p.id);
   return li;
@@ -327,6 +351,8 @@ export function setControlsEnabled(on) {
   els.send.disabled = !on;
   els.timelineFile.disabled = !on;
   els.timelineStop.disabled = !on;
+  els.tap.disabled = !on;
+  els.cueStore.disabled = !on;
   for (const b of els.segments.querySelectorAll("button")) b.disabled = !on;
   if (!on) els.record.disabled = true;
   else if (els.record.dataset.phase !== "starting" && els.record.dataset.phase !== "stopping") els.record.disabled = false;
@@ -357,4 +383,218 @@ export function showReview(r) {
   els.reviewMeta.textContent = r.source === "ai"
     ? `${r.input_tokens} + ${r.output_tokens} tokens, about $${r.cost_usd.toFixed(4)}, ${Math.round(r.ms)} ms`
     : (r.error ?? "Not rewritten: this is your text as written.");
+}
+
+// -- the cue bank --------------------------------------------------------------------------------------------
+let onCue = () => {};
+
+/** `callback(action, cue)` when the performer clicks a cue ("fire") or its arm button ("arm"). */
+export function onCueClick(callback) {
+  onCue = callback;
+}
+
+function cueItem(c, { armed, armedReady, prompt, midi }) {
+  const li = document.createElement("li");
+  li.dataset.cue = String(c.cue);
+  const isArmed = c.armed || armed === c.cue;
+  li.dataset.armed = isArmed ? (armedReady ? "ready" : "encoding") : "false";
+  li.dataset.live = prompt != null && c.label === prompt ? "true" : "false";
+
+  const fire = document.createElement("button");
+  fire.type = "button";
+  fire.className = "cue-fire";
+  fire.dataset.learn = `fire:${c.cue}`;
+  const key = c.cue <= 9 ? ` (key ${c.cue})` : "";
+  const glide = c.transition ? `; its own ${c.transition.method} glide over ${c.transition.blocks} blocks` : "";
+  fire.title = `fire cue ${c.cue}${key}: ${c.label}${glide}${midi(`fire:${c.cue}`)}`;
+  const num = document.createElement("span");
+  num.className = "cue-num";
+  num.textContent = String(c.cue);
+  const name = document.createElement("span");
+  name.className = "cue-name";
+  name.textContent = c.name || c.label;
+  const mark = document.createElement("span");
+  mark.className = "cue-armed";
+  mark.textContent = isArmed ? (armedReady ? "armed" : "arming…") : "";
+  fire.append(num, name, mark);
+  fire.addEventListener("click", () => onCue("fire", c.cue));
+
+  const arm = document.createElement("button");
+  arm.type = "button";
+  arm.className = "cue-arm";
+  arm.dataset.learn = `arm:${c.cue}`;
+  arm.textContent = "arm";
+  arm.title = `arm cue ${c.cue}${c.cue <= 9 ? ` (shift+${c.cue})` : ""}: encode it now so it fires without encoder time` +
+    midi(`arm:${c.cue}`);
+  arm.setAttribute("aria-pressed", isArmed ? "true" : "false");
+  arm.addEventListener("click", () => onCue("arm", c.cue));
+  li.append(fire, arm);
+  return li;
+}
+
+/**
+ * The state's cues (filled slots), which one is armed (and encoded), which one is on screen;
+ * `midi(targetKey)`: a note on the MIDI control mapped to a target ("" for none).
+ */
+export function showCues(cues, { armed = null, armedReady = false, prompt = null, midi = () => "" } = {}) {
+  const list = cues ?? [];
+  const key = JSON.stringify([list, armed, armedReady, prompt, list.map((c) => [midi(`fire:${c.cue}`), midi(`arm:${c.cue}`)])]);
+  if (els.cues.dataset.key === key) return;
+  els.cues.dataset.key = key;
+  els.cues.replaceChildren(...list.map((c) => cueItem(c, { armed, armedReady, prompt, midi })));
+}
+
+/** A cue fired from this page is on its way: its button says so until the next state. */
+export function markFiring(cue) {
+  for (const li of els.cues.children) {
+    if (li.dataset.cue !== String(cue)) continue;
+    li.dataset.firing = "true";
+    setTimeout(() => delete li.dataset.firing, 3000);    // (refused, or the state rebuilt the list already)
+  }
+}
+
+/** The state's `last_fire`. */
+export function showLastFire(last) {
+  if (!last) {
+    els.lastFire.textContent = "";
+    return;
+  }
+  const on = last.quantize === "none" ? "at the next block" : `on the ${last.quantize}`;
+  const off = last.offset_ms != null ? `, ${Math.round(last.offset_ms)} ms after it` : "";
+  els.lastFire.textContent = `last fired: cue ${last.cue} ${on}${off}`;
+}
+
+/** The cue number the store form suggests: `n` (the first empty slot) unless the performer typed one. */
+export function suggestCueNumber(n) {
+  if (document.activeElement === els.cueNumber) return;
+  if (els.cueNumber.value === "" || els.cueNumber.dataset.suggested === els.cueNumber.value) {
+    els.cueNumber.value = String(n);
+    els.cueNumber.dataset.suggested = String(n);
+  }
+}
+
+// -- tempo and the beat -------------------------------------------------------------------------------------
+let beatClock = null;
+let beatTimer = null;
+
+/** The state's `tempo`: the fields (unless being edited), where it comes from, why Link is not leading. */
+export function showTempo(tempo) {
+  if (!tempo) return;
+  if (document.activeElement !== els.bpm) els.bpm.value = String(Math.round(tempo.bpm * 10) / 10);
+  if (document.activeElement !== els.beatsPerBar) els.beatsPerBar.value = String(tempo.beats_per_bar);
+  els.tempoSource.textContent = tempo.source === "link"
+    ? `Ableton Link: following the session${tempo.peers != null ? ` (${tempo.peers} peer${tempo.peers === 1 ? "" : "s"})` : ""}`
+    : "internal clock (tap, or type a BPM)";
+  els.tempoSource.dataset.source = tempo.source;
+  els.tempoNotice.hidden = !tempo.notice;
+  els.tempoNotice.textContent = tempo.notice ?? "";
+}
+
+function drawBeat() {
+  const n = beatClock.beatsPerBar;
+  if (els.beat.children.length !== n) {
+    els.beat.replaceChildren(...Array.from({ length: n }, (_, i) => {
+      const dot = document.createElement("span");
+      dot.className = i === 0 ? "beat-dot downbeat" : "beat-dot";
+      return dot;
+    }));
+  }
+  const at = beatClock.barBeatAt();
+  for (const [i, dot] of [...els.beat.children].entries()) {
+    const on = i === at;
+    if (on) {
+      dot.classList.remove("flash");
+      void dot.offsetWidth;            // restart the flash
+      dot.classList.add("flash");
+    }
+    dot.dataset.on = on ? "true" : "false";
+  }
+  els.beat.dataset.beat = String(at + 1);
+  els.beatCount.textContent = `beat ${at + 1} of ${n} · ${Math.round(beatClock.bpm * 10) / 10} BPM`;
+}
+
+function tickBeat() {
+  clearTimeout(beatTimer);
+  if (!beatClock?.known) return;
+  drawBeat();
+  // the next beat, plus a hair so it is past it (a timer, not a frame loop: one wake-up a beat)
+  beatTimer = setTimeout(tickBeat, beatClock.untilNextBeat() + 2);
+}
+
+/** Animate the beat indicator from `clock` (a tempo.js BeatClock); call again when it changes. */
+export function runBeat(clock) {
+  beatClock = clock;
+  tickBeat();
+}
+
+// -- transition ---------------------------------------------------------------------------------------------
+/** The default transition (fields, unless being edited) and the glide under way, if any. */
+export function showTransition(def, glide) {
+  if (def) {
+    if (document.activeElement !== els.transitionBlocks) els.transitionBlocks.value = String(def.blocks);
+    if (document.activeElement !== els.transitionMethod) els.transitionMethod.value = def.method;
+  }
+  els.transitionState.hidden = !glide;
+  if (glide) {
+    els.transitionText.textContent = `transition in progress: ${glide.method} glide to “${truncate(glide.to ?? "", 60)}”, ` +
+      `block ${glide.step} of ${glide.blocks}`;
+    els.transitionProgress.max = glide.blocks || 1;
+    els.transitionProgress.value = glide.step;
+  }
+}
+
+// -- blend ---------------------------------------------------------------------------------------------------
+export function showBlendValue(label) {
+  els.blendValue.textContent = label;
+}
+
+export function showBlendHint(text, bad = false) {
+  els.blendHint.textContent = text;
+  els.blendHint.dataset.bad = bad ? "true" : "false";
+}
+
+// -- MIDI -------------------------------------------------------------------------------------------------------
+/** One line: what MIDI this page has (none, denied, ready, its inputs). */
+export function showMidiStatus(text, phase) {
+  els.midiStatus.textContent = text;
+  els.midiStatus.dataset.phase = phase ?? "";
+}
+
+/** A sentence about the last MIDI thing done (learned, imported, refused); `bad`: a refusal. */
+export function showMidiMessage(text, bad = false) {
+  els.midiMessage.textContent = text ?? "";
+  els.midiMessage.dataset.bad = bad ? "true" : "false";
+}
+
+/** Learn mode on or off: the targets a click can pick are marked while it is on. */
+export function showLearning(on) {
+  document.body.dataset.learning = on ? "true" : "false";
+  els.midiLearn.setAttribute("aria-pressed", on ? "true" : "false");
+  els.midiLearn.textContent = on ? "Done" : "Learn";
+  for (const el of document.querySelectorAll("[data-learn]")) el.dataset.learnPicked = "false";
+}
+
+export function markLearnTarget(key) {
+  for (const el of document.querySelectorAll("[data-learn]")) {
+    el.dataset.learnPicked = el.dataset.learn === key ? "true" : "false";
+  }
+}
+
+/** The mappings, each with a remove button (`onRemove(targetKey)`). */
+export function showMidiMappings(items, onRemove) {
+  els.midiMappings.replaceChildren(...items.map(({ key, control, target }) => {
+    const li = document.createElement("li");
+    li.dataset.target = key;
+    const text = document.createElement("span");
+    text.textContent = `${control} → ${target}`;
+    const remove = document.createElement("button");
+    remove.type = "button";
+    remove.className = "remove";
+    remove.textContent = "×";
+    remove.title = `forget this mapping (${target})`;
+    remove.setAttribute("aria-label", `forget the mapping of ${target}`);
+    remove.addEventListener("click", () => onRemove(key));
+    li.append(text, remove);
+    return li;
+  }));
 }

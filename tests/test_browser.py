@@ -80,11 +80,14 @@ async def chromium(expected: tuple[str, ...] = ()):
     assert not unexpected, unexpected
 
 
-async def open_page(browser, url: str, errors: list[str], path: str = "/"):
+async def open_page(browser, url: str, errors: list[str], path: str = "/", init: str | None = None):
+    """A new page (in a context of its own) at `url + path`; `init`: a script run before the page's own."""
     page = await browser.new_page(viewport={"width": 1280, "height": 760})
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     await page.add_init_script(KEEP_PEER_CONNECTIONS)
+    if init:
+        await page.add_init_script(init)
     await page.goto(url + path)
     return page
 
@@ -461,5 +464,266 @@ def test_projector_and_watch_pages_show_moving_video_and_no_controls(server):
                                                 "getComputedStyle(document.body).backgroundColor]")
                     assert style == ["none", "rgb(0, 0, 0)"]
                 await page.close()
+
+    asyncio.run(main())
+
+
+# -- the performer deck: cues, MIDI, tempo ----------------------------------------------------------------
+def server_state(url: str) -> dict:
+    return json.loads(fetch(url + "/api/state"))
+
+
+async def wait_for_state(url: str, check, what: str, timeout_s: float = 30.0) -> dict:
+    """Poll the server's /api/state until `check(state)` holds; returns that state."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        s = await asyncio.to_thread(server_state, url)
+        if check(s):
+            return s
+        assert time.monotonic() < deadline, f"{what}: not within {timeout_s:.0f} s (state: " + json.dumps(
+            {k: s.get(k) for k in ("prompt", "armed", "last_fire", "transition_default", "tempo")}) + ")"
+        await asyncio.sleep(0.2)
+
+
+def test_page_fires_a_cue_with_a_key_and_the_picture_changes(server):
+    """Keys 1-9 fire cues 1-9 (shift arms): the picture changes more than it does in the same span without a
+    switch (the measure of test_switch_visible), and the state's prompt becomes the cue's label. A digit typed
+    in the prompt box is text, not a cue."""
+    from test_switch_visible import BROWSER_RATIO, FPS, PLAYED, _differences, _references
+
+    async def main() -> tuple[float, float]:
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=60_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=10_000)
+            await page.wait_for_function(f"{PLAYED} > 3 * {FPS}", timeout=60_000)   # past the first blocks
+            before = await asyncio.to_thread(server_state, server)
+            assert [c["cue"] for c in before["cues"]][:9] == list(range(1, 10)), before["cues"]
+            # a one-prompt cue not on screen now; of the shipped ones, those that change the tiny model's picture
+            # most (offline, from this server's "opening scene": 6 Desert 4.3x, 9 Bloom 4.0x, 5 City 3.5x, ...)
+            by_number = {c["cue"]: c for c in before["cues"]}
+            cue = next(by_number[k] for k in (6, 9, 5, 3) if k in by_number and len(by_number[k]["prompts"]) == 1
+                       and by_number[k]["label"] != before["prompt"])
+            n, label = cue["cue"], cue["label"]
+            assert await page.inner_text(f"#cues li[data-cue='{n}'] .cue-name") == cue["name"]
+
+            # typing the digit in the prompt box: text, not a cue (nothing armed or fired)
+            await page.click("#prompt")
+            await page.keyboard.press(f"Shift+Digit{n}")
+            await page.keyboard.press(f"Digit{n}")
+            assert (await page.input_value("#prompt")).endswith(str(n))
+            await page.fill("#prompt", "")
+            await page.evaluate("document.activeElement.blur()")
+            await asyncio.sleep(1.0)
+            now = await asyncio.to_thread(server_state, server)
+            assert now["armed"] == before["armed"] and now["last_fire"] == before["last_fire"], now["last_fire"]
+
+            # shift+digit arms it: the server encodes it ahead, the cue says so
+            await page.keyboard.press(f"Shift+Digit{n}")
+            await wait_for_state(server, lambda s: s["armed"] == n, f"cue {n} armed")
+            await page.wait_for_selector(f"#cues li[data-cue='{n}']:not([data-armed='false'])", timeout=10_000)
+
+            # the same span with no switch, then the digit fires the cue
+            await _references(page)
+            none = await _differences(page, time.monotonic() + 1.5)
+            await _references(page)
+            await page.keyboard.press(f"Digit{n}")
+            sent = time.monotonic()
+            # its first block made (prompt_applied, listed with its cue), and the caption on it
+            await page.locator("#applied li.applied", has_text=label).filter(has_text=f"cue {n}").wait_for(
+                timeout=60_000)
+            await page.wait_for_function("(t) => document.getElementById('now').textContent === t", arg=label,
+                                         timeout=60_000)
+            on_screen = time.monotonic()
+            switched = await _differences(page, on_screen)
+            after = await asyncio.to_thread(server_state, server)
+            assert after["prompt"] == label, (after["prompt"], label)
+            assert after["last_fire"]["cue"] == n and after["last_fire"]["quantize"] == "none", after["last_fire"]
+            assert after["armed"] is None                       # firing the armed cue disarmed it
+            await page.wait_for_selector(f"#cues li[data-cue='{n}'][data-live='true']", timeout=10_000)
+            assert f"cue {n}" in await page.inner_text("#last-fire")
+            print(f"\ncue {n} on screen {on_screen - sent:.1f} s after its key; differences (0-255): "
+                  f"no switch {[round(x, 1) for x in none]}, switch {[round(x, 1) for x in switched]}")
+            OUTPUT.mkdir(parents=True, exist_ok=True)
+            await page.screenshot(path=str(OUTPUT / "cue-fired.png"))
+        return sum(none) / len(none), sum(switched) / len(switched)
+
+    d_none, d_switch = asyncio.run(main())
+    print(f"mean difference: no switch {d_none:.1f}, switch {d_switch:.1f}, ratio {d_switch / d_none:.2f}")
+    assert d_switch >= BROWSER_RATIO * d_none, (d_switch, d_none)
+
+
+# a Web MIDI access with one input the test plays: window.__midi([status, data1, data2])
+FAKE_MIDI = """
+(() => {
+  const input = new EventTarget();
+  Object.assign(input, {id: "fake-1", name: "Fake MIDI keys", manufacturer: "test", type: "input",
+                        state: "connected", connection: "open"});
+  const access = new EventTarget();
+  Object.assign(access, {inputs: new Map([[input.id, input]]), outputs: new Map(), sysexEnabled: false});
+  Object.defineProperty(Navigator.prototype, "requestMIDIAccess",
+                        {configurable: true, value: () => Promise.resolve(access)});
+  window.__midi = (bytes) => {
+    const ev = new Event("midimessage");
+    ev.data = new Uint8Array(bytes);
+    input.dispatchEvent(ev);
+  };
+})();
+"""
+NO_MIDI = "delete Navigator.prototype.requestMIDIAccess;"
+MAPPINGS = "[...document.querySelectorAll('#midi-mappings li')].map((li) => li.textContent)"
+MIDI_MESSAGE = "document.getElementById('midi-message').textContent"
+
+
+def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
+    """Learn mode: a note onto "fire cue 2", a CC onto "transition blocks"; played, they switch the stream to
+    cue 2 and set the server's default transition. The mapping survives a reload, exports as JSON and imports
+    into a fresh context; a bad file is refused with a sentence and changes nothing. Without Web MIDI (or
+    with permission denied, as headless Chromium answers) one line says so."""
+
+    async def main() -> None:
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors, init=FAKE_MIDI)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function("document.getElementById('midi-status').textContent"
+                                         ".includes('1 input (Fake MIDI keys)')", timeout=10_000)
+            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=10_000)
+            state = await asyncio.to_thread(server_state, server)
+            cue2 = next(c for c in state["cues"] if c["cue"] == 2)["label"]
+            if state["prompt"] == cue2:               # (an earlier test left cue 2 on screen)
+                await page.fill("#prompt", "a lighthouse in a storm")
+                await page.press("#prompt", "Enter")
+                await wait_for_state(server, lambda s: s["prompt"] == "a lighthouse in a storm", "the prompt")
+                await page.evaluate("document.activeElement.blur()")
+            s = await asyncio.to_thread(server_state, server)
+            fired_before, block_before, default_before = s["last_fire"], s["block"], s["transition_default"]
+
+            # -- learn: click a target, move a control
+            assert await page.evaluate(MAPPINGS) == []
+            await page.click("#midi-learn")
+            assert await page.get_attribute("#midi-learn", "aria-pressed") == "true"
+            await page.click("#cues li[data-cue='2'] .cue-fire")          # picks the target, does not fire
+            await page.wait_for_function(f"{MIDI_MESSAGE}.includes('fire cue 2')")
+            await page.evaluate("window.__midi([0x90, 60, 100])")         # note on, note 60, channel 1
+            await page.wait_for_function(f"{MAPPINGS}.length === 1")
+            await page.click(".learnable[data-learn='transition_blocks']")
+            await page.wait_for_function(f"{MIDI_MESSAGE}.includes('transition blocks')")
+            await page.evaluate("window.__midi([0xB0, 7, 64])")           # CC 7, channel 1
+            await page.wait_for_function(f"{MAPPINGS}.length === 2")
+            await page.click("#midi-learn")                               # Done
+            assert await page.get_attribute("#midi-learn", "aria-pressed") == "false"
+            mapped = await page.evaluate(MAPPINGS)
+            assert any("note 60" in m and "fire cue 2" in m for m in mapped), mapped
+            assert any("CC 7" in m and "transition blocks" in m for m in mapped), mapped
+            # learning moved nothing on the server (two blocks on, a cue fired by the clicks would show)
+            s = await wait_for_state(server, lambda s: s["block"] >= block_before + 2, "two more blocks")
+            assert s["last_fire"] == fired_before and s["prompt"] != cue2, (s["last_fire"], s["prompt"])
+            assert s["transition_default"] == default_before      # (the CC moved while learning: not sent)
+
+            # -- played: the note fires cue 2, the CC sets the default transition (0..127 -> 0..16 blocks)
+            await page.evaluate("window.__midi([0x90, 60, 100]); window.__midi([0x80, 60, 0])")
+            await wait_for_state(server, lambda s: s["prompt"] == cue2 and (s["last_fire"] or {}).get("cue") == 2,
+                                 "cue 2 on air after the MIDI note")
+            await page.evaluate("window.__midi([0xB0, 7, 127])")
+            await wait_for_state(server, lambda s: s["transition_default"]["blocks"] == 16,
+                                 "the default transition after CC 7 = 127")
+            await page.wait_for_function("document.getElementById('transition-blocks').value === '16'")
+
+            # -- a reload keeps the mapping (localStorage): CC 7 = 0 sets a cut again
+            await page.reload()
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function("document.getElementById('midi-status').textContent.includes('Fake')")
+            assert await page.evaluate(MAPPINGS) == mapped
+            await page.evaluate("window.__midi([0xB0, 7, 0])")
+            await wait_for_state(server, lambda s: s["transition_default"]["blocks"] == 0,
+                                 "the default transition after the reload and CC 7 = 0")
+
+            # -- export: a JSON file with both mappings
+            async with page.expect_download() as info:
+                await page.click("#midi-export")
+            download = await info.value
+            assert download.suggested_filename == "longlive-midi.json"
+            exported = Path(await download.path()).read_bytes()
+            doc = json.loads(exported)
+            assert doc["format"] == "longlive-midi-map" and doc["version"] == 1
+            assert {(m["control"]["type"], m["control"]["number"]) for m in doc["mappings"]} == {("note", 60), ("cc", 7)}
+            assert {json.dumps(m["target"], sort_keys=True) for m in doc["mappings"]} == {
+                '{"action": "fire", "cue": 2}', '{"action": "transition_blocks"}'}
+
+            # -- import into a fresh context (its own localStorage, empty)
+            fresh = await open_page(browser, server, errors, init=FAKE_MIDI)
+            await fresh.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            assert await fresh.evaluate(MAPPINGS) == []
+            await fresh.set_input_files("#midi-import", files=[timeline_file("longlive-midi.json", exported)])
+            await fresh.wait_for_function(f"{MAPPINGS}.length === 2", timeout=5_000)
+            assert await fresh.evaluate(MAPPINGS) == mapped
+            assert "Imported 2 mappings" in await fresh.evaluate(MIDI_MESSAGE)
+            stored = json.loads(await fresh.evaluate("localStorage.getItem('longlive.midi-map')"))
+            assert stored["mappings"] == doc["mappings"]
+
+            # -- bad files: one sentence in the page, the mappings unchanged
+            await fresh.set_input_files("#midi-import", files=[timeline_file("bad.json", b"{not json")])
+            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('bad.json was not imported')", timeout=5_000)
+            assert await fresh.evaluate(MIDI_MESSAGE) == \
+                "bad.json was not imported: it is not valid JSON; the mappings are unchanged."
+            assert await fresh.get_attribute("#midi-message", "data-bad") == "true"
+            wrong = {**doc, "mappings": [{"control": {"type": "note", "channel": 0, "number": 300},
+                                          "target": {"action": "fire", "cue": 3}}]}
+            await fresh.set_input_files("#midi-import", files=[timeline_file("wrong.json", wrong)])
+            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('wrong.json was not imported')", timeout=5_000)
+            assert "mappings[0].control needs a number from 0 to 127" in await fresh.evaluate(MIDI_MESSAGE)
+            assert await fresh.evaluate(MAPPINGS) == mapped
+            assert json.loads(await fresh.evaluate("localStorage.getItem('longlive.midi-map')")) == stored
+            await fresh.locator("#deck").screenshot(path=str(OUTPUT / "deck-midi.png"))
+
+            # -- no Web MIDI, and headless Chromium's refusal: one line each
+            for init, says in ((NO_MIDI, "this browser has no Web MIDI"), (None, "permission was denied")):
+                other = await open_page(browser, server, errors, init=init)
+                await other.wait_for_function("(t) => document.getElementById('midi-status').textContent"
+                                              ".includes(t)", arg=says, timeout=10_000)
+                await other.close()
+
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main())
+
+
+def test_page_sets_the_tempo_by_field_and_by_tapping(server):
+    """The BPM field sends a tempo; four taps (the T key and the Tap button) about 0.5 s apart set about
+    120 BPM in the server's state (real-time taps: a tolerance, not a speed check); the beat indicator moves."""
+
+    async def main() -> None:
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function("!document.getElementById('tap').disabled")
+            await page.fill("#bpm", "90")
+            await page.press("#bpm", "Enter")                  # sends it, and hands the keys back
+            await wait_for_state(server, lambda s: s["tempo"]["bpm"] == 90, "90 BPM from the field")
+            assert await page.evaluate("document.activeElement === document.body")
+
+            # the beat indicator counts on by itself (at 90 BPM a beat is 0.67 s)
+            seen = set()
+            for _ in range(12):
+                seen.add(await page.get_attribute("#beat", "data-beat"))
+                await asyncio.sleep(0.15)
+            assert len(seen) >= 2 and await page.locator("#beat .beat-dot").count() == 4, seen
+
+            # the button's centre, so a click is one mouse event (no actionability checks to wait for)
+            box = await page.locator("#tap").bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+            await asyncio.sleep(2.2)                           # past the tap reset: a new run
+            start = time.monotonic()
+            for i in range(4):
+                await asyncio.sleep(max(0.0, start + 0.5 * i - time.monotonic()))
+                if i % 2:
+                    await page.mouse.click(x, y)
+                else:
+                    await page.keyboard.press("t")
+            await asyncio.sleep(1.0)                           # the last tap reaches the server
+            s = await asyncio.to_thread(server_state, server)
+            assert 100 <= s["tempo"]["bpm"] <= 145, s["tempo"]
+            await page.wait_for_function("Math.abs(Number(document.getElementById('bpm').value) - 120) <= 25")
+            print(f"\nfour taps 0.5 s apart: {s['tempo']['bpm']} BPM")
 
     asyncio.run(main())
