@@ -33,7 +33,8 @@ class GeneratedBlock:
 
 
 class BlockSink:
-    def __init__(self, capacity: int = SINK_BLOCKS):
+    def __init__(self, capacity: int = SINK_BLOCKS, name: str = "sink"):
+        self.name = name           # what metrics call it (recorder, gstreamer, ...)
         if capacity < 1:
             raise ValueError("a block sink holds at least one block")
         self.capacity = capacity

@@ -157,6 +157,7 @@ class ControlHub:
         self._want_link = link
         self.link: LinkTempo | None = None
         self._tempo_notice: str | None = None
+        self.enhancer_errors = 0          # AI rewrites that fell back to the text as written
         self.info = info
         self.viewers = viewers
         self.recorder = recorder
@@ -366,6 +367,8 @@ class ControlHub:
             return EnhancedEvent(id=command.id, input=command.text, text=command.text, source="raw",
                                  error=None if self.enhancer is None else self.enhancer.notice)
         res = await self.enhancer.enhance(command.text)
+        if res.error:
+            self.enhancer_errors += 1
         return EnhancedEvent(id=command.id, input=command.text, text=res.text, source=res.source, error=res.error,
                              input_tokens=res.input_tokens, output_tokens=res.output_tokens,
                              cost_usd=round(res.cost_usd, 6), ms=round(res.ms, 1))

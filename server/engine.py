@@ -260,6 +260,7 @@ class Engine:
         self.rewind = RewindShelf(rewind_bytes)
         self._rewind_said = False      # told the log once that snapshots do not fit the budget
         self._sinks: list[BlockSink] = []
+        self._dropped_by: dict[str, int] = {}      # blocks lost by sinks already removed, by name
         self._timeline: _TimelinePlay | None = None
         self._glide: dict[str, Any] | None = None       # the transition in progress (state)
         self._last_fire: dict[str, Any] | None = None
@@ -365,6 +366,15 @@ class Engine:
         with self._cond:
             if sink in self._sinks:
                 self._sinks.remove(sink)
+                self._dropped_by[sink.name] = self._dropped_by.get(sink.name, 0) + sink.dropped_total
+
+    def dropped_blocks(self) -> dict[str, int]:
+        """Blocks each kind of sink has lost since the server started (sinks gone included)."""
+        with self._cond:
+            out = dict(self._dropped_by)
+            for sink in self._sinks:
+                out[sink.name] = out.get(sink.name, 0) + sink.dropped_total
+        return out
 
     # -- state (any thread) --------------------------------------------------------------------------
     def state(self) -> EngineState:
@@ -846,7 +856,8 @@ class Engine:
                               encode_ms=round(p.encoded.encode_ms, 1),
                               transition=None if t is None or t.blocks <= 1 else {"blocks": t.blocks,
                                                                                    "method": t.method},
-                              cue=None if p.cue is None else p.cue[0], offset_ms=offset_ms)
+                              cue=None if p.cue is None else p.cue[0], offset_ms=offset_ms,
+                              recache_ms=round(float(getattr(blk, "recache_ms", 0.0)), 2))
         with self._cond:
             self._history.append({"id": event.id, "text": event.text, "block": event.block, "frame": event.frame,
                                   "latency_ms": event.latency_ms, "time": event.time})

@@ -501,6 +501,7 @@ class PromptApplied(Event):
     transition: dict[str, Any] | None = None   # {blocks, method}: the change glides over that many blocks
     cue: int | None = None      # the fired cue it came from
     offset_ms: float | None = None   # a quantised cue: its first frame on screen this long after the beat
+    recache_ms: float = 0.0     # re-caching the KV window under it (part of its block's DiT time)
 
 
 @dataclass(frozen=True, kw_only=True)

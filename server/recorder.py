@@ -219,7 +219,7 @@ class Recorder:
             video.unlink(missing_ok=True)
             raise
         return _Take(name=video.name, video=video, sidecar=self.folder / f"{name}.timeline.json",
-                     started=self._clock(), sink=BlockSink(self.sink_blocks), writer=writer, file=file,
+                     started=self._clock(), sink=BlockSink(self.sink_blocks, "recorder"), writer=writer, file=file,
                      builder=SidecarBuilder(source))
 
     def _make_writer(self, file: Any, source: Source) -> Any:

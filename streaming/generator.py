@@ -117,12 +117,20 @@ class StreamingGenerator:
 
     # -- the loop ------------------------------------------------------------
     @torch.no_grad()
+    def apply_switch(self) -> bool:
+        """Apply a pending prompt switch now (the re-cache); `next_block` does it when it has
+        not been done. True when there was one. (Split out so the re-cache can be timed.)"""
+        self._require_started()
+        if self._pending is None:
+            return False
+        self._recache(*self._pending)
+        self._pending = None
+        return True
+
+    @torch.no_grad()
     def next_block(self) -> torch.Tensor:
         """Generate the next block: clean latents [B, frames_per_block, C, h, w] float32."""
-        self._require_started()
-        if self._pending is not None:
-            self._recache(*self._pending)
-            self._pending = None
+        self.apply_switch()
         dit, start, block, shape = self.dit, self.frame, self.block, self.block_shape
         x = self.noise.draw(block, INITIAL, shape, self.device)
         last = len(self._t_steps) - 1

@@ -54,6 +54,7 @@ class FrameBlock:
     dit_ms: float
     decode_ms: float
     transition: tuple[int, int] | None = None   # (k, N): block k of an N-block transition to `prompt`
+    recache_ms: float = 0.0     # of dit_ms: re-caching the window under a new prompt (0: no switch)
 
 
 @dataclass
@@ -203,11 +204,13 @@ class VideoPipeline:
                 self.generator.set_conditioning(embedding)
         block = self.generator.block
         clock = _BlockClock(self.device)
+        recached = self.generator.apply_switch()
+        clock.mark()
         latents = self.generator.next_block()
         clock.mark()
         frames = self._to_host(to_uint8(self.decoder.decode(latents)))  # the one sync point of a block
-        dit_ms, decode_ms = clock.finish()
-        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms, step)
+        recache_ms, dit_ms, decode_ms = clock.finish()
+        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms, step, recache_ms if recached else 0.0)
 
     def reseed_noise(self, seed: int) -> None:
         """Fresh noise: from the next block on it comes from `seed`; the stream's state is kept."""
@@ -236,32 +239,36 @@ class VideoPipeline:
 
 
 class _BlockClock:
-    """Times the DiT and decode parts of a block; CUDA events on the GPU, so timing adds no
-    synchronisation of its own (the host copy at the end of a block is the only one)."""
+    """Times the parts of a block (re-cache, DiT with the re-cache, decode); CUDA events on the
+    GPU, so timing adds no synchronisation of its own (the host copy at the end of a block is
+    the only one)."""
 
     def __init__(self, device: torch.device):
         self.cuda = device.type == "cuda"
         if self.cuda:
-            self.events = [torch.cuda.Event(enable_timing=True) for _ in range(3)]
+            self.events = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
             self.events[0].record()
         else:
             self.times = [time.perf_counter()]
+        self._marks = 0
 
     def mark(self) -> None:
+        self._marks += 1
         if self.cuda:
-            self.events[1].record()
+            self.events[self._marks].record()
         else:
             self.times.append(time.perf_counter())
 
-    def finish(self) -> tuple[float, float]:
+    def finish(self) -> tuple[float, float, float]:
+        """(re-cache ms, DiT ms including the re-cache, decode ms)."""
         if self.cuda:
-            self.events[2].record()
-            self.events[2].synchronize()
+            self.events[3].record()
+            self.events[3].synchronize()
             e = self.events
-            return e[0].elapsed_time(e[1]), e[1].elapsed_time(e[2])
+            return e[0].elapsed_time(e[1]), e[0].elapsed_time(e[2]), e[2].elapsed_time(e[3])
         self.times.append(time.perf_counter())
         t = self.times
-        return (t[1] - t[0]) * 1e3, (t[2] - t[1]) * 1e3
+        return (t[1] - t[0]) * 1e3, (t[2] - t[0]) * 1e3, (t[3] - t[2]) * 1e3
 
 
 def _label(prompt: str | Blend) -> str:
