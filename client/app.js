@@ -113,6 +113,9 @@ function wireControl(c) {
     ui.showEnhancer(state.enhancer);
     showExtras();
     showStage();
+    if (state.role === "viewer") {
+      ui.showInfo("Watching only: this server steers with a performer token. Open the page as /?token=… to perform.");
+    }
     checkPrompt();
   });
   c.on("state", (msg) => {

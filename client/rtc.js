@@ -1,5 +1,29 @@
 // One WebRTC session with the server: receive-only video plus the "control" data channel.
 
+/**
+ * The token this page presents (a server started with --token / --viewer-token asks for one):
+ * `?token=` or `#token=` in the page's address, kept for the tab's life in sessionStorage and
+ * taken out of the address bar, so it is not bookmarked or shown on a projector.
+ */
+export function pageToken() {
+  const url = new URL(location.href);
+  const hash = new URLSearchParams(url.hash.slice(1));
+  const given = url.searchParams.get("token") ?? hash.get("token");
+  if (given) {
+    sessionStorage.setItem("longlive.token", given);
+    url.searchParams.delete("token");
+    hash.delete("token");
+    url.hash = hash.toString();
+    history.replaceState(null, "", url.toString());
+  }
+  return sessionStorage.getItem("longlive.token");
+}
+
+function authHeaders() {
+  const token = pageToken();
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
 /** Wait until ICE gathering is complete (the server takes a complete offer, no trickle). */
 function gatheringComplete(pc, timeoutMs = 3000) {
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -33,13 +57,13 @@ export async function connect({ onTrack, onState, base = "", control = true } = 
   await gatheringComplete(pc);
   const res = await fetch(`${base}/api/offer`, {
     method: "POST",
-    headers: { "Content-Type": "application/json" },
+    headers: { "Content-Type": "application/json", ...authHeaders() },
     body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type }),
   });
   const body = await res.json().catch(() => ({}));
   if (!res.ok) {
     pc.close();
-    throw new Error(body.error ?? `the server answered ${res.status}`);
+    throw new Error(body.error ?? body.message ?? `the server answered ${res.status}`);
   }
   await pc.setRemoteDescription({ sdp: body.sdp, type: body.type });
 

@@ -212,7 +212,7 @@ class ControlHub:
 
     def attach(self, ep: Endpoint) -> None:
         self._endpoints.add(ep)
-        ep.send(Hello(protocol=PROTOCOL_VERSION, state=self.state()))
+        ep.send(Hello(protocol=PROTOCOL_VERSION, state={**self.state(), "role": ep.role}))
 
     def detach(self, ep: Endpoint) -> None:
         self._endpoints.discard(ep)
