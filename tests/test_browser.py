@@ -727,3 +727,93 @@ def test_page_sets_the_tempo_by_field_and_by_tapping(server):
             print(f"\nfour taps 0.5 s apart: {s['tempo']['bpm']} BPM")
 
     asyncio.run(main())
+
+
+# every frame the page presents, compared with a reference frame (small, for speed): (time, mean |a - b|)
+PHOTON_WATCH = """() => {
+  const v = document.getElementById('video');
+  const c = document.createElement('canvas');
+  c.width = 80; c.height = 48;
+  const g = c.getContext('2d', {willReadFrequently: true});
+  window.__photon = {ref: null, frames: []};
+  const grab = () => { g.drawImage(v, 0, 0, c.width, c.height); return g.getImageData(0, 0, c.width, c.height).data; };
+  const tick = (now, meta) => {
+    const px = grab();
+    const w = window.__photon;
+    if (w.ref === null) w.ref = px;
+    let s = 0;
+    for (let i = 0; i < px.length; i += 4)
+      s += Math.abs(px[i] - w.ref[i]) + Math.abs(px[i + 1] - w.ref[i + 1]) + Math.abs(px[i + 2] - w.ref[i + 2]);
+    w.frames.push([meta.expectedDisplayTime ?? now, s / (px.length / 4 * 3)]);
+    v.requestVideoFrameCallback(tick);
+  };
+  v.requestVideoFrameCallback(tick);
+}"""
+
+
+def photon_time(frames: list[list[float]], sent: float) -> float | None:
+    """When the switch reached the screen: the first frame after `sent` whose difference to the
+    reference has crossed half the way from its level at `sent` to its new steady level (the
+    last second), and stays there for the next 3 frames. Page clock, ms."""
+    before = [d for t, d in frames if t <= sent][-16:]
+    after = [(t, d) for t, d in frames if t > sent]
+    if not before or len(after) < 20:
+        return None
+    level = sorted(before)[len(before) // 2]
+    steady = sorted(d for t, d in after if t > after[-1][0] - 1000)
+    target = steady[len(steady) // 2]
+    if abs(target - level) < 2.0:          # (levels of 0-255) nothing changed that a viewer could see
+        return None
+    half = level + (target - level) / 2
+    rising = target > level
+    for i in range(len(after) - 3):
+        if all((d >= half) if rising else (d <= half) for _, d in after[i:i + 4]):
+            return after[i][0]
+    return None
+
+
+def test_prompt_to_photon_latency_in_the_page(server):
+    """From the moment the page sends a prompt to the moment its picture reaches the screen,
+    measured on the frames the page presents (requestVideoFrameCallback), next to what the
+    server says (prompt_applied: generated after latency_ms, on air plays_in_ms later). A
+    figure to report (docs/PERFORMANCE.md); the asserts only check that it was measured."""
+    async def main() -> dict:
+        async with chromium() as (browser, errors):
+            page = await open_page(browser, server, errors)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function("document.getElementById('video').getVideoPlaybackQuality()"
+                                         ".totalVideoFrames > 48", timeout=60_000)
+            state = await asyncio.to_thread(server_state, server)
+            # a prompt far from the one on screen (cue texts: they change the tiny model's picture most)
+            texts = [c["label"] for c in state["cues"] if len(c["prompts"]) == 1]
+            text = next(t for t in ("Golden sand dunes at sunset, long shadows",
+                                    "Macro shot of flowers blooming in fast motion, vivid colours") if t in texts
+                        and t != state["prompt"])
+            await page.fill("#prompt", text)
+            await page.evaluate(PHOTON_WATCH)
+            await asyncio.sleep(1.5)                                  # a reference level before the switch
+            sent = await page.evaluate("() => { const t = performance.now();"
+                                       " document.getElementById('prompt-form').requestSubmit(); return t; }")
+            await wait_for_state(server, lambda s: any(p["text"] == text for p in s["prompts"]), "the prompt applied")
+            await asyncio.sleep(4.0)
+            frames = await page.evaluate("() => window.__photon.frames")
+            applied = next(p for p in (await asyncio.to_thread(server_state, server))["prompts"] if p["text"] == text)
+            return {"sent": sent, "frames": frames, "applied": applied}
+
+    out = asyncio.run(main())
+    at = photon_time(out["frames"], out["sent"])
+    assert at is not None, "the switch was not seen on screen"
+    latency = at - out["sent"]
+    print(f"\nprompt to photon: {latency:.0f} ms (the server generated its first block after "
+          f"{out['applied']['latency_ms']:.0f} ms); {len(out['frames'])} frames watched")
+    assert 0 < latency < 15_000
+
+
+def test_photon_time_finds_the_crossing():
+    frames = [[t * 62.5, 10.0] for t in range(40)] + [[t * 62.5, 30.0] for t in range(40, 80)]
+    assert photon_time(frames, sent=1000.0) == 40 * 62.5
+    assert photon_time([[t * 62.5, 10.0] for t in range(80)], sent=1000.0) is None      # nothing moved
+    blip = [[t * 62.5, 30.0 if t == 30 else 10.0] for t in range(40)] + [[t * 62.5, 30.0] for t in range(40, 80)]
+    assert photon_time(blip, sent=1000.0) == 40 * 62.5       # one odd frame is not the switch
+    falling = [[t * 62.5, 30.0] for t in range(40)] + [[t * 62.5, 8.0] for t in range(40, 80)]
+    assert photon_time(falling, sent=1000.0) == 40 * 62.5
