@@ -36,12 +36,12 @@ from .control import ControlHub, ServerInfo, WebSocketEndpoint
 from .cues import CueBank
 from .engine import Engine
 from .gst_sink import GstSink
+from .metrics import CONTENT_TYPE as METRICS_TYPE, StreamMetrics
 from .osc import OscOptions, OscServer, describe as describe_osc
 from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
 from .roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
 from .tempo import TempoClock
-from .track import BusVideoTrack
 from . import whep
 from .webrtc import MediaOptions, OfferError, SessionManager, ViewersFull
 from .whip import WhipOptions, WhipPublisher
@@ -64,6 +64,8 @@ RECORD_AT_START = web.AppKey("record_at_start", bool)
 STATIC_ROOT = web.AppKey("static_root", Path)
 OSC = web.AppKey("osc", OscServer)
 ACCESS = web.AppKey("access", Access)
+METRICS_UNSUBSCRIBE = web.AppKey("metrics_unsubscribe", object)
+METRICS = web.AppKey("metrics", StreamMetrics)
 WHIP = web.AppKey("whip", WhipPublisher)
 GST_SINK = web.AppKey("gst_sink", GstSink)
 
@@ -97,6 +99,7 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app = web.Application(client_max_size=256 * 1024)
     app[ENGINE], app[HUB], app[SESSIONS], app[SOCKETS] = engine, hub, sessions, set()
     app[ACCESS] = access
+    app[METRICS] = StreamMetrics(engine, hub, sessions, lambda: _outlets(app))
     app[RECORDER], app[RECORD_AT_START] = recorder, record
     app[STATIC_ROOT] = client_dir.resolve()
     app.router.add_post("/api/offer", offer)
@@ -108,12 +111,14 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/recordings", recordings_list)
     app.router.add_get("/api/recordings/{name}", recording_file)
     app.router.add_get("/api/health", health)
+    app.router.add_get("/metrics", metrics)
     whep.routes(app, lambda request: request.app[SESSIONS], authorize=_whep_access)
     app.router.add_get("/api/osc", osc_table)
     if osc is not None and osc.enabled:
         app[OSC] = OscServer(hub, osc)       # OSC over UDP (server/osc.py)
     if whip is not None:                     # WHIP publish into an SFU (server/whip.py)
-        app[WHIP] = WhipPublisher(whip, lambda: BusVideoTrack(engine.bus, pipe.size))
+        # the SFU gets the shared encoder's packets, like every viewer; its picture-loss requests reach it
+        app[WHIP] = WhipPublisher(whip, sessions.encoder.subscribe, on_sender=sessions.encoder.watch_keyframe_requests)
     if gst_sink is not None:                 # every frame into a GStreamer pipeline (server/gst_sink.py)
         app[GST_SINK] = GstSink(engine, gst_sink)
     app.router.add_get("/", index)
@@ -142,6 +147,7 @@ def stream_source(engine: Engine, config_name: str) -> Source:
 
 async def _startup(app: web.Application) -> None:
     await app[HUB].start()
+    app[METRICS_UNSUBSCRIBE] = app[ENGINE].subscribe(app[METRICS].observe, asyncio.get_running_loop())
     if OSC in app:
         await app[OSC].start()
     if app[RECORD_AT_START]:
@@ -166,6 +172,8 @@ async def _shutdown(app: web.Application) -> None:
         await asyncio.to_thread(app[GST_SINK].stop)    # EOS: its files too are finalised
     if OSC in app:
         await app[OSC].stop()
+    if METRICS_UNSUBSCRIBE in app:
+        app[METRICS_UNSUBSCRIBE]()
     await app[HUB].stop()
     await asyncio.to_thread(app[ENGINE].stop)
 
@@ -286,6 +294,18 @@ async def recording_file(request: web.Request) -> web.FileResponse:
     if path is None:
         raise web.HTTPNotFound(text=json.dumps({"error": f"no recording {name!r}"}), content_type="application/json")
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
+
+
+def _outlets(app: web.Application) -> dict[str, int]:
+    """Viewers that are not sessions: the WHIP publisher (publishing) and the GStreamer sink (running)."""
+    return {"whip": int(WHIP in app and app[WHIP].stats().get("state") == "publishing"),
+            "gstreamer": int(GST_SINK in app and bool(app[GST_SINK].stats().get("running")))}
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus's text format (server/metrics.py lists what is there)."""
+    _role(request)
+    return web.Response(body=request.app[METRICS].render(), headers={"Content-Type": METRICS_TYPE})
 
 
 async def health(request: web.Request) -> web.Response:
