@@ -104,14 +104,19 @@ def kbps(text: str) -> int:
     return value
 
 
-def keyframe_seconds(text: str) -> float:
+def _real(text: str, lo: float, hi: float, unit: str, what: str) -> float:
+    """A number from lo to hi; the mistakes say what it is ("a number of seconds", "...BPM...")."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not 0.5 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"a keyframe interval of {text} s is outside 0.5-600")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of {unit}") from None
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"{what} of {text} is outside {lo:g}-{hi:g}")
     return value
+
+
+def keyframe_seconds(text: str) -> float:
+    return _real(text, 0.5, 600, "seconds", "a keyframe interval")
 
 
 def ice_server(text: str) -> str:
@@ -137,13 +142,7 @@ def whip_url(text: str) -> str:
 
 
 def bpm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of beats per minute") from None
-    if not 20 <= value <= 300:
-        raise argparse.ArgumentTypeError(f"{text} BPM is outside 20-300")
-    return value
+    return _real(text, 20, 300, "beats per minute", "a tempo (BPM)")
 
 
 def resolution(text: str) -> tuple[int, int]:

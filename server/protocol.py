@@ -232,15 +232,21 @@ class Command:
         """Checks across fields (each field's own checks are its spec's); raises ProtocolError."""
 
 
-class _OnePrompt:
-    """`text` (one prompt) or `prompts` (a blend): exactly one of them."""
+@dataclass(frozen=True, kw_only=True)
+class _OnePrompt(Command):
+    """A command naming a prompt: `text` (one prompt) or `prompts` (a blend), exactly one of
+    them, and how to get there (`transition`; None: the server's default)."""
 
-    text: str | None
-    prompts: Blend | None
+    text: str | None = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1), default=None)
+    prompts: Blend | None = spec(PromptsValue(), default=None)
+    transition: TransitionSpec | None = spec(TransitionValue(), default=None)
+
+    def validate(self) -> None:
+        self._check_prompt()
 
     def _check_prompt(self) -> None:
         if (self.text is None) == (self.prompts is None):
-            raise ProtocolError(f"{self.TYPE!r} needs exactly one of 'text' (str) and 'prompts' "   # type: ignore
+            raise ProtocolError(f"{self.TYPE!r} needs exactly one of 'text' (str) and 'prompts' "
                                 f"(list of {{text, weight}})")
 
     @property
@@ -254,13 +260,10 @@ class _OnePrompt:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PromptCommand(_OnePrompt, Command):
+class PromptCommand(_OnePrompt):
     TYPE = "prompt"
     DOC = ("Switch to a new prompt (text) or blend (prompts) at the next block boundary (KV re-cache); "
            "transition glides there over N blocks; enhance: true has the AI rewrite the text first.")
-    text: str | None = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1), default=None)
-    prompts: Blend | None = spec(PromptsValue(), default=None)
-    transition: TransitionSpec | None = spec(TransitionValue(), default=None)   # None: the server's default
     enhance: bool = spec(Flag(), default=False)
 
     def validate(self) -> None:
@@ -320,18 +323,12 @@ class RewindCommand(Command):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CueCommand(_OnePrompt, Command):
+class CueCommand(_OnePrompt):
     TYPE = "cue"
     DOC = ("Store a prompt (text) or blend (prompts) in cue N of the cue bank, with a name and its own "
            "transition (else the server's default applies when it fires).")
     cue: int = spec(Integer(1, MAX_CUES))
     name: str = spec(Text(max_chars=MAX_CUE_NAME_CHARS), default="")
-    text: str | None = spec(Text(max_chars=MAX_PROMPT_CHARS, min_chars=1), default=None)
-    prompts: Blend | None = spec(PromptsValue(), default=None)
-    transition: TransitionSpec | None = spec(TransitionValue(), default=None)
-
-    def validate(self) -> None:
-        self._check_prompt()
 
 
 @dataclass(frozen=True, kw_only=True)
