@@ -22,9 +22,13 @@ the same machine still connects: its checks reach 127.0.0.1 and are answered whe
 came from (a peer-reflexive candidate), which for Chromium's any-address sockets is
 127.0.0.1 too.
 
-A session ends with `DELETE /api/sessions/{id}`, when its connection fails or closes, or
-when the server shuts down; ending it closes the peer connection, which stops the track
-and every task aiortc started for it.
+A session ends with `DELETE /api/sessions/{id}`, when its connection fails or closes, when
+it has not connected within `CONNECT_TIMEOUT_S` of its offer, or when the server shuts
+down; ending it closes the peer connection, which stops the track and every task aiortc
+started for it. The deadline matters: aioice reports a failure only after the remote side
+signals end-of-candidates, so a peer that goes away before connecting with an offer
+without `a=end-of-candidates` (or whose candidates were all left out as unreachable) would
+otherwise hold its session, a viewer slot and its sockets for ever.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, S
 log = logging.getLogger(__name__)
 
 CONTROL_LABEL = "control"
+CONNECT_TIMEOUT_S = 20.0     # a session not connected this long after its offer is ended
 
 
 class OfferError(UserError, ValueError):
@@ -137,6 +142,7 @@ class Session:
     created: float = field(default_factory=time.time)
     channel: RTCDataChannel | None = None
     etag: str = field(default_factory=lambda: f'"{secrets.token_urlsafe(9)}"')
+    deadline: asyncio.TimerHandle | None = field(default=None, repr=False)   # ends it unless it connects
 
 
 @dataclass(frozen=True)
@@ -163,17 +169,20 @@ class SessionManager:
                  on_control_channel: Callable[[RTCDataChannel, str], object] | None = None, *,
                  host: str | None = "127.0.0.1", bitrate: int = DEFAULT_BITRATE,
                  keyframe_interval_s: float = KEYFRAME_INTERVAL_S, ice_servers: tuple[str, ...] = (),
-                 max_viewers: int | None = None):
+                 max_viewers: int | None = None, connect_timeout_s: float = CONNECT_TIMEOUT_S):
         """`host`: the address the server is bound to; ICE offers candidates there only
         (`ice_host_addresses`; None or "0.0.0.0" for every address). `bitrate` and
         `keyframe_interval_s` set the shared encoder; `ice_servers` (stun:/turn: URLs) are
-        used by the server's peer connections and announced to WHEP players."""
+        used by the server's peer connections and announced to WHEP players. A session that
+        has not connected `connect_timeout_s` after its offer is ended."""
         self.bus = bus
         self.size = size
         self.on_control_channel = on_control_channel
         self.addresses = ice_host_addresses(host)
         self.ice_servers = tuple(ice_servers)
         self.max_viewers = max_viewers
+        self.connect_timeout_s = connect_timeout_s
+        self._closing: set[asyncio.Task] = set()
         self.encoder = StreamEncoder(bus, size, bitrate=bitrate, keyframe_interval_s=keyframe_interval_s)
         self._sessions: dict[str, Session] = {}
 
@@ -217,6 +226,7 @@ class SessionManager:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in self.ice_servers]))
         session = Session(secrets.token_urlsafe(12), pc, self.encoder.subscribe(), viewer, role)
         self._sessions[session.id] = session
+        session.deadline = asyncio.get_running_loop().call_later(self.connect_timeout_s, self._expire, session.id)
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
@@ -230,6 +240,9 @@ class SessionManager:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             log.debug("session %s: connection %s", session.id, pc.connectionState)
+            if pc.connectionState == "connected" and session.deadline is not None:
+                session.deadline.cancel()
+                session.deadline = None
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
@@ -260,11 +273,25 @@ class SessionManager:
         log.info("%s session %s opened (%d viewers)", viewer, session.id, self.count)
         return session, pc.localDescription
 
+    def _expire(self, session_id: str) -> None:
+        """The connect deadline passed: end the session unless it connected meanwhile."""
+        session = self._sessions.get(session_id)
+        if session is None or session.pc.connectionState == "connected":
+            return
+        log.info("session %s did not connect within %.0f s (%s); ending it", session_id, self.connect_timeout_s,
+                 session.pc.connectionState)
+        task = asyncio.get_running_loop().create_task(self.close(session_id), name="longlive-session-expire")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     async def close(self, session_id: str) -> bool:
         """End a session; False if there is no such session (or it is already ending)."""
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
+        if session.deadline is not None:
+            session.deadline.cancel()
+            session.deadline = None
         session.track.stop()
         await session.pc.close()
         t = session.track
