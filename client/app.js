@@ -1,5 +1,6 @@
 // The page: connect, show the stream, send what the performer types, show what comes back.
 import { connect } from "./rtc.js";
+import { reportPhotons } from "./photon.js";
 import { ControlChannel, PROTOCOL_VERSION } from "./control.js";
 import { encode } from "./vendor/msgpack/index.mjs";
 import * as ui from "./ui.js";
@@ -59,6 +60,8 @@ async function start() {
   const channel = session.channel;
   const c = new ControlChannel(channel);
   wireControl(c);
+  // the switch reached this screen: the measured figure replaces the server's estimate
+  reportPhotons(els.video, c, (msg) => ui.showLatency(msg.latency_ms, "measured"));
   const opened = () => {
     if (session !== current) return;
     control = c;

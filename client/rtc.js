@@ -42,14 +42,15 @@ function gatheringComplete(pc, timeoutMs = 3000) {
 
 /**
  * Connect to the server. Resolves to {pc, channel, session, close()} once the answer is set
- * (`channel` null with `control: false`);
+ * (`channel` is the "telemetry" channel with `control: false`);
  * `onTrack(stream)` gets the video, `onState(state)` every connection state change.
  */
 export async function connect({ onTrack, onState, base = "", control = true } = {}) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   pc.addTransceiver("video", { direction: "recvonly" });
-  // a viewer page (control: false) only watches: no control channel, so it can steer nothing
-  const channel = control ? pc.createDataChannel("control", { ordered: true }) : null;
+  // a viewer page (control: false) only watches: its "telemetry" channel hears the events and
+  // reports what it shows (prompt-to-photon); the server steers nothing from it
+  const channel = pc.createDataChannel(control ? "control" : "telemetry", { ordered: true });
   pc.addEventListener("track", (ev) => onTrack?.(ev.streams[0] ?? new MediaStream([ev.track])));
   pc.addEventListener("connectionstatechange", () => onState?.(pc.connectionState));
 

@@ -120,8 +120,13 @@ export function showStats(stats, streamFps) {
   els.rates.dataset.stall = stall ? "true" : "false";
 }
 
-export function showLatency(ms) {
+/** Prompt-to-photon: the server's estimate when a switch is applied, then (`measured`) when this
+ * page's report came back with the time its first frame was really on this screen. */
+export function showLatency(ms, how = "estimated") {
   els.latency.textContent = ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.round(ms)} ms`;
+  els.latency.dataset.how = how;
+  els.latency.title = how === "measured" ? "time from sending a prompt to its first frame on this screen"
+                                         : "time from sending a prompt to its first frame on air (estimated)";
 }
 
 /** Under the prompt box: how long the text is against the server's limit, once that matters. */

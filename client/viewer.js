@@ -1,6 +1,9 @@
 // A page that only watches (the projector view, the viewer page): the video, and reconnecting by
-// itself whenever the connection drops or the server restarts. No control channel, no controls.
+// itself whenever the connection drops or the server restarts. No control channel, no controls;
+// its telemetry channel reports which frames it shows, so the server knows its prompt-to-photon.
 import { connect } from "./rtc.js";
+import { ControlChannel } from "./control.js";
+import { reportPhotons } from "./photon.js";
 
 const RETRY_MS = [500, 1000, 2000, 4000, 5000];   // then every 5 s
 
@@ -48,6 +51,7 @@ export function watch(video, status) {
       return;
     }
     session = current;
+    reportPhotons(video, new ControlChannel(current.channel));
   }
 
   window.addEventListener("pagehide", () => session?.close());

@@ -38,7 +38,8 @@ from .engine import Engine
 from .gst_sink import GstSink
 from .metrics import CONTENT_TYPE as METRICS_TYPE, StreamMetrics
 from .osc import OscOptions, OscServer, describe as describe_osc
-from .protocol import EnhanceCommand, PromptCommand, ProtocolError, RecordCommand, parse_command
+from .photon import NEEDS_VIDEO
+from .protocol import EnhanceCommand, PresentedReport, PromptCommand, ProtocolError, RecordCommand, parse_command
 from .recorder import Recorder
 from .roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
 from .tempo import TempoClock
@@ -271,6 +272,8 @@ async def command(request: web.Request) -> web.Response:
         cmd = parse_command(body)
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
+    if isinstance(cmd, PresentedReport):      # a viewer's report names frames of its own WebRTC session
+        raise _bad_request(NEEDS_VIDEO)
     replies = await _dispatch(request.app[HUB], cmd, role)
     reply = replies[0]
     if reply["type"] != "error":

@@ -12,6 +12,9 @@ about once a second out to every connected client. Each client is an `Endpoint` 
 Replies use the format of the client's latest message (msgpack after a binary message,
 JSON after a text one); before the first message, a client gets msgpack unless it asked
 for JSON (WebSocket `?format=json`, data channel protocol "json").
+
+A WebRTC session's data channel also carries its viewer's `presented` reports, from which
+the hub measures prompt-to-photon at that viewer (server.photon) and answers `photon`.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from .cues import Cue, CueBank, CueError
 from .engine import CommandRefused, Engine
 from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, CueCommand,
                        EnhanceCommand, EnhancedEvent, ErrorEvent, Event, FireCommand, Hello, PromptCommand,
-                       ProtocolError, RecordCommand, RewindCommand, StateEvent, Stats, StatusCommand, TapCommand,
-                       TempoCommand, TransitionCommand, encode, read_command)
+                       PhotonEvent, PresentedReport, PromptApplied, ProtocolError, RecordCommand, RewindCommand,
+                       StateEvent, Stats, StatusCommand, TapCommand, TempoCommand, TransitionCommand, encode,
+                       read_command)
+from .photon import NEEDS_VIDEO, Photon, PhotonMeter
 from .recorder import Recorder, RecordingError
 from .roles import NEEDS_PERFORMER, PERFORMER
 from .tempo import LinkTempo, TempoClock
@@ -66,6 +71,8 @@ class ViewerSource(Protocol):
 
     def delivered(self) -> dict[str, int]: ...     # per viewer: distinct new frames sent so far
 
+    def presented_frame(self, session_id: str, rtp_timestamp: int) -> int | None: ...
+
 
 class Endpoint:
     """One control client. `send` queues or drops; it never blocks and never raises."""
@@ -76,6 +83,7 @@ class Endpoint:
         self.binary = binary
         self.closed = False
         self.role = role                  # performer | viewer (server.roles): what it may do
+        self.session: str | None = None   # the WebRTC session whose data channel this is
 
     def send(self, event: Event) -> None:
         raise NotImplementedError
@@ -149,8 +157,12 @@ class WebSocketEndpoint(Endpoint):
 class ControlHub:
     def __init__(self, engine: Engine, info: ServerInfo, *, viewers: ViewerSource | None = None,
                  stats_interval: float = 1.0, recorder: Recorder | None = None, enhancer: Any = None,
-                 cues: CueBank | None = None, tempo: TempoClock | None = None, link: bool = False):
+                 cues: CueBank | None = None, tempo: TempoClock | None = None, link: bool = False,
+                 wall_clock: Callable[[], float] = time.time):
         self.engine = engine
+        self.photon = PhotonMeter()       # prompt-to-photon per viewer
+        self.photon_observers: list[Callable[[Photon], None]] = []   # (metrics)
+        self._wall = wall_clock           # the clock of prompt_applied.time
         self.cues = cues if cues is not None else CueBank()
         self.tempo = tempo if tempo is not None else TempoClock(clock=engine.clock)
         self.default_transition = TransitionSpec(0)     # switches that name no transition: cuts
@@ -216,11 +228,18 @@ class ControlHub:
 
     def detach(self, ep: Endpoint) -> None:
         self._endpoints.discard(ep)
+        if ep.session is not None:
+            self.photon.leave(ep.session)
         ep.close()
 
-    def attach_channel(self, channel: RTCDataChannel, role: str = PERFORMER) -> DataChannelEndpoint:
-        """Serve a WebRTC data channel (hello goes out as soon as it is open)."""
+    def attach_channel(self, channel: RTCDataChannel, role: str = PERFORMER,
+                       session: str | None = None) -> DataChannelEndpoint:
+        """Serve a WebRTC data channel (hello goes out as soon as it is open); `session`: the
+        WebRTC session it belongs to, whose viewer may report what it presents."""
         ep = DataChannelEndpoint(channel, role)
+        ep.session = session
+        if session is not None:
+            self.photon.join(session, self.engine.bus.playhead())
 
         @channel.on("message")
         def on_message(message: bytes | str) -> None:
@@ -245,7 +264,24 @@ class ControlHub:
             log.debug("rejected a control message: %s", e)   # the client hears it; a flood must not fill the log
             ep.send(ErrorEvent(id=e.id, message=str(e)))
             return
+        if isinstance(command, PresentedReport) and ep.session is not None:
+            self._presented(ep, command)
+            return
         self.dispatch(command, ep.send, ep.role)
+
+    def _presented(self, ep: Endpoint, report: PresentedReport) -> None:
+        """A viewer's frame on screen: `photon` if it is the first of a switch it had not seen."""
+        frame = self.viewers.presented_frame(ep.session, report.rtp_timestamp) if self.viewers else None
+        photon = None
+        if frame is not None:
+            photon = self.photon.presented(ep.session, frame, self._wall() - report.age_ms / 1e3)
+        if photon is None:
+            ep.send(Ack(id=report.id, command=report.TYPE))
+            return
+        for observe in self.photon_observers:
+            observe(photon)
+        ep.send(PhotonEvent(id=photon.switch.id, frame=photon.switch.frame, shown=photon.shown,
+                            viewer=photon.viewer, latency_ms=round(photon.latency_s * 1e3, 1)))
 
     def dispatch(self, command: Command, reply: Callable[[Event], None], role: str = PERFORMER) -> None:
         """Act on a valid command from a peer of `role`: a viewer may ask for the state, and
@@ -253,6 +289,9 @@ class ControlHub:
         where every path's commands enter, and nowhere else)."""
         if isinstance(command, StatusCommand):
             reply(StateEvent(id=command.id, state=self.state()))
+            return
+        if isinstance(command, PresentedReport):
+            reply(ErrorEvent(id=command.id, message=NEEDS_VIDEO))
             return
         if role != PERFORMER:
             reply(ErrorEvent(id=command.id, message=NEEDS_PERFORMER.format(command=command.TYPE)))
@@ -416,6 +455,8 @@ class ControlHub:
         reply(Ack(id=command.id, command=command.TYPE))
 
     def broadcast(self, event: Event) -> None:
+        if isinstance(event, PromptApplied):
+            self.photon.applied(event)
         if isinstance(event, StateEvent) and event.id is None:
             event = StateEvent(state={**self.state(), **event.state})
         for ep in list(self._endpoints):

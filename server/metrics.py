@@ -4,12 +4,16 @@ Most figures are read when Prometheus scrapes, from the objects that own them (e
 frame bus, shared encoder, sessions, recorder, control hub), so nothing is counted twice and
 nothing needs updating per frame. Latencies that come one per event are histograms, fed by
 the engine's `prompt_applied` events: the switch latency (command received -> first block
-under the new prompt generated) and the re-cache time of that block.
+under the new prompt generated) and the re-cache time of that block; prompt-to-photon, fed
+by the viewers' reports (server.photon): command received -> the new prompt on a viewer's
+screen, as a histogram over all viewers and the latest per viewer connected now.
 
     longlive_frames_generated_total, longlive_blocks_generated_total   counters
     longlive_generated_fps, longlive_playback_fps                      frames per second (last stats)
     longlive_block_milliseconds{part="dit"|"decode"}                   the last block
     longlive_switch_latency_seconds, longlive_recache_seconds          histograms
+    longlive_prompt_to_photon_seconds                                  histogram, every viewer's reports
+    longlive_viewer_prompt_to_photon_seconds{viewer=N}                 the latest, per viewer connected
     longlive_encoder_milliseconds_per_frame                            the shared encoder, mean
     longlive_encoder_frames_total, longlive_encoder_keyframes_total, longlive_encoder_bytes_total
     longlive_frame_bus_buffered_frames, longlive_frame_bus_capacity_frames
@@ -45,6 +49,12 @@ class StreamMetrics:
                                         buckets=LATENCY_BUCKETS, registry=self.registry)
         self.recache = Histogram("longlive_recache_seconds", "Re-caching the KV window under a new prompt",
                                  buckets=RECACHE_BUCKETS, registry=self.registry)
+        self.photon = Histogram("longlive_prompt_to_photon_seconds",
+                                "From a prompt command received to its first frame on a viewer's screen "
+                                "(reported by the viewer)", buckets=LATENCY_BUCKETS, registry=self.registry)
+        observers = getattr(hub, "photon_observers", None)
+        if observers is not None:
+            observers.append(lambda p: self.photon.observe(p.latency_s))
         self.registry.register(_Figures(self))
 
     def observe(self, event: Event) -> None:
@@ -100,6 +110,14 @@ class _Figures:
         for kind, n in kinds.items():
             viewers.add_metric([kind], n)
         yield viewers
+        meter = getattr(m.hub, "photon", None)
+        if meter is not None:
+            photon = GaugeMetricFamily("longlive_viewer_prompt_to_photon_seconds",
+                                       "The latest prompt-to-photon latency at each viewer connected now",
+                                       labels=["viewer"])
+            for number, seconds in sorted(meter.latest.items()):
+                photon.add_metric([str(number)], seconds)
+            yield photon
         yield _gauge("longlive_controllers", "Control channels connected (data channels, WebSockets, OSC replies)",
                      m.hub.count)
         dropped = CounterMetricFamily("longlive_sink_dropped_blocks", "Blocks a sink that must see every frame lost",

@@ -375,11 +375,23 @@ class StatusCommand(Command):
     DOC = "Ask for the current state; answered with a `state` message."
 
 
+@dataclass(frozen=True, kw_only=True)
+class PresentedReport(Command):
+    TYPE = "presented"
+    DOC = ("A viewer's page saw a frame on screen (after a switch): the frame's RTP timestamp "
+           "(requestVideoFrameCallback's rtpTimestamp) and how long ago it was displayed (negative: "
+           "it will be, in that many ms). Sent on a WebRTC session's data channel, by viewers too; "
+           "answered with `photon` when it is the first frame of a new prompt this viewer saw, "
+           "else with an ack.")
+    rtp_timestamp: int = spec(Integer(0, 2**32 - 1))
+    age_ms: float = spec(Real(-1000.0, 60_000.0), default=0.0)
+
+
 # The one table of client message types.
 COMMANDS: dict[str, type[Command]] = {
     cls.TYPE: cls for cls in (PromptCommand, EnhanceCommand, SeedCommand, PauseCommand, ResumeCommand, RecordCommand,
                               TimelineCommand, RewindCommand, CueCommand, ArmCommand, FireCommand, TempoCommand,
-                              TapCommand, TransitionCommand, StatusCommand)
+                              TapCommand, TransitionCommand, StatusCommand, PresentedReport)
 }
 
 
@@ -580,8 +592,20 @@ class EnhancedEvent(Event):
     ms: float = 0.0
 
 
+@dataclass(frozen=True, kw_only=True)
+class PhotonEvent(Event):
+    """Prompt-to-photon at one viewer: the first frame of a new prompt reached its screen."""
+
+    TYPE = "photon"
+    id: RequestIdValue = None   # the prompt command's id (as in its prompt_applied)
+    frame: int                  # the frame-bus number of the new prompt's first frame
+    shown: int                  # the frame the viewer saw first under it (later if it skipped some)
+    viewer: int                 # the viewer's number on this server (as in /metrics)
+    latency_ms: float           # command received -> that frame on the viewer's screen
+
+
 EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptApplied, StateEvent, Stats, ErrorEvent,
-                                                            Notice, RecordingEvent, EnhancedEvent)}
+                                                            Notice, RecordingEvent, EnhancedEvent, PhotonEvent)}
 
 
 def encode(event: Event | dict[str, Any], binary: bool = True) -> bytes | str:

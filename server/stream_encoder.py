@@ -21,11 +21,17 @@ The encoder runs while somebody watches and stops when the last viewer leaves. B
 fixed (`--bitrate`), since one encoder serves viewers with different networks (a receiver's
 bandwidth estimate, REMB, cannot steer a shared encoder); the per-viewer queue protects the
 others from a slow one.
+
+Which picture is which. The encoder remembers the frame-bus number of the frame each pts
+carried (`frame_at`), and each viewer's track learns the random origin its sender adds to
+every pts on the wire (`PacketTrack.rtp_origin`), so an RTP timestamp a viewer reports
+names a frame of the stream (server.photon: prompt-to-photon per viewer).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import fractions
 import logging
 import time
@@ -44,6 +50,8 @@ DEFAULT_BITRATE = 1_000_000            # bits per second
 KEYFRAME_INTERVAL_S = 4.0              # a keyframe at least this often
 MIN_KEYFRAME_GAP_S = 0.5               # forced keyframes at most this often
 VIEWER_QUEUE = 16                      # packets waiting for one viewer's sender (1 s at 16 fps)
+FRAMES_REMEMBERED = 2048               # pts -> bus frame number, the newest (about 2 min at 16 fps)
+RTP_CLOCK_WRAP = 1 << 32
 
 
 class PacketTrack(MediaStreamTrack):
@@ -61,6 +69,9 @@ class PacketTrack(MediaStreamTrack):
         self.repeated = 0                  # (a shared encoder never repeats for one viewer)
         self.sent = 0
         self.overflows = 0
+        self.sender = None                 # the aiortc RTCRtpSender sending this track (set by its session)
+        self.rtp_origin: int | None = None  # what the sender adds to each pts (RTP timestamp = pts + origin)
+        self._last_pts: int | None = None
 
     def push(self, packet: av.Packet) -> None:
         """A new packet from the encoder (the event loop's thread)."""
@@ -84,11 +95,14 @@ class PacketTrack(MediaStreamTrack):
     async def recv(self) -> av.Packet:
         if self.readyState != "live":
             raise MediaStreamError
+        if self.rtp_origin is None and self._last_pts is not None:
+            self.rtp_origin = sent_rtp_origin(self.sender, self._last_pts)
         packet = await self._queue.get()
         if self.readyState != "live":
             raise MediaStreamError
         self.delivered += 1
         self.sent += 1
+        self._last_pts = packet.pts
         return packet
 
     def stop(self) -> None:
@@ -99,6 +113,20 @@ class PacketTrack(MediaStreamTrack):
                 self._queue.put_nowait(av.Packet(b""))
             except asyncio.QueueFull:
                 pass
+
+
+def sent_rtp_origin(sender, last_pts: int) -> int | None:
+    """The random origin an aiortc sender adds to every pts (90 kHz) on the wire, or None if
+    it cannot be known yet. aiortc asks its track for the next frame only once every packet of
+    the previous one is sent, so when a track is asked again, the sender's last RTP timestamp
+    is the previous frame's: origin = that - its pts. (aiortc 1.x keeps it private: if that
+    ever changes, this returns None and per-viewer prompt-to-photon says it cannot measure.)"""
+    if sender is None or not getattr(sender, "_RTCRtpSender__packet_count", 0):
+        return None
+    sent = getattr(sender, "_RTCRtpSender__rtp_timestamp", None)
+    if not isinstance(sent, int):
+        return None
+    return (sent - last_pts) % RTP_CLOCK_WRAP
 
 
 class StreamEncoder:
@@ -120,6 +148,7 @@ class StreamEncoder:
         self.encode_s = 0.0                  # total time spent encoding
         self.last_encode_ms = 0.0
         self.starts = 0                      # times the encoder (re)started (viewers came after none)
+        self._frames_by_pts: collections.OrderedDict[int, int] = collections.OrderedDict()
 
     # -- viewers -----------------------------------------------------------------------------------
     @property
@@ -144,6 +173,17 @@ class StreamEncoder:
         if not self._tracks and self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def frame_at(self, pts: int) -> int | None:
+        """The frame-bus number of the frame encoded with this pts (None: not one of the newest
+        FRAMES_REMEMBERED, or the black picture before the first block)."""
+        return self._frames_by_pts.get(pts)
+
+    def frame_at_rtp(self, track: PacketTrack, rtp_timestamp: int) -> int | None:
+        """The frame a viewer's RTP timestamp names (None until its sender's origin is known)."""
+        if track.rtp_origin is None:
+            return None
+        return self.frame_at((rtp_timestamp - track.rtp_origin) % RTP_CLOCK_WRAP)
 
     def request_keyframe(self, why: str) -> None:
         """Make the next frame (or the first one the rate limit allows) a keyframe."""
@@ -174,9 +214,14 @@ class StreamEncoder:
         loop = asyncio.get_running_loop()
         self._codec = None
         self._keyframe_wanted = self._keyframe_wanted or "the encoder started"
+        self._frames_by_pts.clear()             # a new run's pts start at 0 again
         try:
             while self._tracks:
                 frame = await reader.recv()
+                if reader.last_seq >= 0:
+                    self._frames_by_pts[frame.pts] = reader.last_seq
+                    if len(self._frames_by_pts) > FRAMES_REMEMBERED:
+                        self._frames_by_pts.popitem(last=False)
                 key = self._keyframe_due()
                 t0 = time.perf_counter()
                 packets = await loop.run_in_executor(None, self._encode, frame, key)

@@ -50,12 +50,13 @@ from aiortc import (RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConne
 from streaming.errors import UserError
 
 from .framebus import FrameBus
-from .roles import PERFORMER
+from .roles import PERFORMER, VIEWER
 from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, StreamEncoder
 
 log = logging.getLogger(__name__)
 
 CONTROL_LABEL = "control"
+TELEMETRY_LABEL = "telemetry"   # a watching page's channel: events in, `presented` reports out, nothing steers
 CONNECT_TIMEOUT_S = 20.0     # a session not connected this long after its offer is ended
 
 
@@ -200,6 +201,14 @@ class SessionManager:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
+    def presented_frame(self, session_id: str, rtp_timestamp: int) -> int | None:
+        """The frame-bus number of the frame session `session_id`'s viewer reports by its RTP
+        timestamp (None: no such session, its sender's origin not known yet, or too old)."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            return None
+        return self.encoder.frame_at_rtp(session.track, rtp_timestamp)
+
     def skipped(self) -> int:
         return sum(s.track.skipped for s in self._sessions.values())
 
@@ -230,12 +239,13 @@ class SessionManager:
 
         @pc.on("datachannel")
         def on_datachannel(channel: RTCDataChannel) -> None:
-            if channel.label != CONTROL_LABEL:
+            if channel.label not in (CONTROL_LABEL, TELEMETRY_LABEL):
                 log.debug("session %s: ignoring data channel %r", session.id, channel.label)
                 return
             session.channel = channel
             if self.on_control_channel is not None:
-                self.on_control_channel(channel, session.role)
+                self.on_control_channel(channel, session.role if channel.label == CONTROL_LABEL else VIEWER,
+                                        session.id)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -253,6 +263,7 @@ class SessionManager:
             if video is None:
                 raise OfferError("the offer has no video section (add a receive-only video transceiver)")
             sender = pc.addTrack(session.track)
+            session.track.sender = sender            # (its RTP timestamps name frames: presented_frame)
             self.encoder.watch_keyframe_requests(sender)
             video.setCodecPreferences(vp8_preferences())
             if dtls_server:
