@@ -9,6 +9,7 @@ aiortc viewers that decode what they get, so a mapping one frame off shows as a 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 import msgpack
@@ -112,12 +113,19 @@ def green_of(seq: int) -> float:
     return float((seq * GREEN_STEP) % 256)
 
 
+@contextlib.asynccontextmanager
+async def serving():
+    """The app on 127.0.0.1 over the numbered fake pipeline: (app, its URL, an HTTP session)."""
+    engine = Engine(NumberedFrames(size=(64, 32)), prompt="start", seed=1)
+    app = create_app(engine)
+    async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
+        yield app, str(server.make_url("")).rstrip("/"), http
+        await app[SESSIONS].close_all()
+
+
 def test_a_viewers_rtp_timestamps_name_the_frames_it_decoded():
     async def main():
-        engine = Engine(NumberedFrames(size=(64, 32)), prompt="start", seed=1)
-        app = create_app(engine)
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-            url = str(server.make_url("")).rstrip("/")
+        async with serving() as (app, url, http):
             viewer = await ReportingViewer(url, http).open()
             await until(lambda: len(viewer.shown) >= 40, "40 decoded frames")
             sessions = app[SESSIONS]
@@ -127,16 +135,12 @@ def test_a_viewers_rtp_timestamps_name_the_frames_it_decoded():
             assert not off, f"frames named wrongly (seq, decoded green): {off}"
             assert sessions.presented_frame("no-such-session", viewer.shown[-1][0]) is None
             await viewer.close()
-            await sessions.close_all()
     asyncio.run(main())
 
 
 def test_a_viewer_reports_what_it_shows_and_the_server_measures_and_exports_its_latency():
     async def main():
-        engine = Engine(NumberedFrames(size=(64, 32)), prompt="start", seed=1)
-        app = create_app(engine)
-        async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as http:
-            url = str(server.make_url("")).rstrip("/")
+        async with serving() as (app, url, http):
             performer = await ReportingViewer(url, http).open()
             watcher = await ReportingViewer(url, http, label="telemetry").open()      # a /watch page
             await until(lambda: len(performer.shown) >= 24 and len(watcher.shown) >= 24, "frames at both")
@@ -189,5 +193,4 @@ def test_a_viewer_reports_what_it_shows_and_the_server_measures_and_exports_its_
             await watcher.close()
             await until(lambda: len(app[HUB].photon.latest) == 1, "the watcher's figure to go with it")
             await performer.close()
-            await app[SESSIONS].close_all()
     asyncio.run(main())
