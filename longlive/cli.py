@@ -97,6 +97,32 @@ def token(text: str) -> str:
     return text
 
 
+def allowed_host(text: str) -> str:
+    """--allow-host NAME: a host name or address the server also answers to (no scheme, no path)."""
+    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
+    if not bare or len(bare) > 253 or any(c in bare for c in "/\\@?#% \t") or "://" in text:
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a host name; write it like show.example.com")
+    return text
+
+
+def allowed_origin(text: str) -> str:
+    """--allow-origin ORIGIN: scheme://host[:port] of a site whose pages may use /api."""
+    scheme, sep, rest = text.partition("://")
+    if scheme not in ("http", "https") or not sep or not rest or any(c in rest for c in "/?#@ ") :
+        raise argparse.ArgumentTypeError(f"{text[:60]!r} is not an origin; write it like https://show.example.com")
+    return text
+
+
+def rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0 (no limit) to 100000")
+    return value
+
+
 def kbps(text: str) -> int:
     value = _whole(text, "a bitrate in kbit/s")
     if not 50 <= value <= 50_000:
@@ -178,7 +204,9 @@ def _model_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     _model_arguments(p)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every interface, "
+                        "and then a performer token is made up unless --token gives one)")
     p.add_argument("--port", type=port, default=8080, help="port to listen on (default: 8080)")
     p.add_argument("--seed", type=seed, default=0, help="noise seed of the first stream (default: 0)")
     p.add_argument("--prompt", default="A drifting nebula of glowing particles, slow camera push-in",
@@ -232,6 +260,18 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--osc-allow", action="append", default=[], metavar="ADDRESS",
                    help="take OSC from this sender address (may be repeated); with --token, OSC is taken only "
                         "from this machine and these")
+    p.add_argument("--allow-host", action="append", default=[], metavar="NAME", type=allowed_host,
+                   help="also answer requests for this host name (a DNS name, or what a reverse proxy sends as "
+                        "Host; may be repeated); other names are refused (DNS rebinding)")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN", type=allowed_origin,
+                   help="let pages from this origin (https://host[:port]) use /api, e.g. behind a proxy that "
+                        "rewrites Host (may be repeated); pages on other sites are refused")
+    p.add_argument("--control-rate", type=rate, default=30.0, metavar="N",
+                   help="control messages a second per connection, client address or OSC sender, in bursts of "
+                        "twice that (default: 30; 0: no limit); the excess gets an error and is dropped")
+    p.add_argument("--offer-rate", type=rate, default=60.0, metavar="N",
+                   help="WebRTC offers (pages and WHEP players) a minute per client address (default: 60; "
+                        "0: no limit); the excess gets 429")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 

@@ -34,12 +34,17 @@ from studio.sidecar import Source
 
 from .control import ControlHub, ServerInfo, WebSocketEndpoint
 from .cues import CueBank
+from . import door as door_module
+from .door import Door
 from .engine import Engine
 from .gst_sink import GstSink
+from . import limits as limits_module
+from .limits import Limits
 from .metrics import CONTENT_TYPE as METRICS_TYPE, StreamMetrics
 from .osc import OscOptions, OscServer, describe as describe_osc
 from .photon import NEEDS_VIDEO
-from .protocol import EnhanceCommand, PresentedReport, PromptCommand, ProtocolError, RecordCommand, parse_command
+from .protocol import (ArmCommand, EnhanceCommand, FireCommand, PresentedReport, PromptCommand, ProtocolError,
+                       RecordCommand, parse_command)
 from .recorder import Recorder
 from .roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
 from .tempo import TempoClock
@@ -52,6 +57,7 @@ log = logging.getLogger(__name__)
 CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 STATIC_SUFFIXES = {".html", ".js", ".mjs", ".css", ".svg", ".png", ".ico", ".woff2"}
 WS_MAX_FRAME = 1 << 20   # larger WebSocket frames close the socket; up to this, oversize gets an error
+MAX_BODY_BYTES = 256 * 1024   # an HTTP body (a WHEP offer: 64 KiB, server/whep.py); more is a 413 sentence
 
 mimetypes.add_type("text/javascript", ".mjs")
 mimetypes.add_type("text/javascript", ".js")
@@ -76,9 +82,12 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
                record: bool = False, enhancer: Any = None, osc: OscOptions | None = None,
                cues: CueBank | None = None, bpm: float = 120.0, link: bool = False,
                media: MediaOptions | None = None, whip: WhipOptions | None = None,
-               access: Access | None = None, gst_sink: str | None = None) -> web.Application:
+               access: Access | None = None, gst_sink: str | None = None, door: Door | None = None,
+               limits: Limits | None = None) -> web.Application:
     """The app for `engine`. `host` is the address the HTTP socket is bound to: WebRTC
-    offers ICE candidates on that address only (every address for "0.0.0.0" or "::").
+    offers ICE candidates on that address only (every address for "0.0.0.0" or "::"), and the
+    door (server/door.py: Host, Origin, content type) answers to that address's names unless
+    `door` says otherwise. `limits` are the rates (server/limits.py; the defaults when None).
     Recordings go to the folder `recordings`; `record` starts one with the stream. `cues` is
     the cue bank (the shipped default when None), `bpm` the tempo, `link` follows Ableton Link."""
     pipe = engine.pipe
@@ -96,8 +105,12 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
                               bitrate=media.bitrate, keyframe_interval_s=media.keyframe_interval_s,
                               ice_servers=media.ice_servers, max_viewers=access.max_viewers)
     hub.viewers = sessions
+    limits = limits or Limits()
+    hub.message_limit = limits.per_connection()    # control messages per data channel or WebSocket
+    door = door or Door(bind=host)
 
-    app = web.Application(client_max_size=256 * 1024)
+    app = web.Application(client_max_size=MAX_BODY_BYTES,
+                          middlewares=[door_module.middleware(door, MAX_BODY_BYTES), limits_module.middleware(limits)])
     app[ENGINE], app[HUB], app[SESSIONS], app[SOCKETS] = engine, hub, sessions, set()
     app[ACCESS] = access
     app[METRICS] = StreamMetrics(engine, hub, sessions, lambda: _outlets(app))
@@ -117,6 +130,7 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/api/osc", osc_table)
     if osc is not None and osc.enabled:
         app[OSC] = OscServer(hub, osc)       # OSC over UDP (server/osc.py)
+        app[OSC].limit = limits.per_osc_sender()
     if whip is not None:                     # WHIP publish into an SFU (server/whip.py)
         # the SFU gets the shared encoder's packets, like every viewer; its picture-loss requests reach it
         app[WHIP] = WhipPublisher(whip, sessions.encoder.subscribe, on_sender=sessions.encoder.watch_keyframe_requests)
@@ -264,7 +278,7 @@ async def prompt(request: web.Request) -> web.Response:
 async def command(request: web.Request) -> web.Response:
     """Any control message as a JSON body: 202 with the ack (200 with the state for status),
     400 when invalid, 401 without a token the server asks for, 403 for a viewer's command, 409
-    when a recording cannot start or stop, 503 + Retry-After when the engine refused it
+    when a recording cannot start or stop or a cue is empty, 503 + Retry-After when the engine refused it
     (restarting, stopped, or its queue full)."""
     role = _role(request)
     body = await _json_body(request)
@@ -282,6 +296,8 @@ async def command(request: web.Request) -> web.Response:
         return web.json_response(reply, status=403)
     if isinstance(cmd, RecordCommand):      # already recording, nothing to stop, folder not writable
         return web.json_response(reply, status=409)
+    if isinstance(cmd, (ArmCommand, FireCommand)) and cmd.cue not in request.app[HUB].cues:   # an empty cue
+        return web.json_response(reply, status=409)
     return web.json_response(reply, status=503, headers={"Retry-After": "1"})   # the engine refused it
 
 
@@ -295,7 +311,10 @@ async def recording_file(request: web.Request) -> web.FileResponse:
     name = request.match_info["name"]
     path = request.app[RECORDER].path_of(name)
     if path is None:
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no recording {name!r}"}), content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no recording {name[:120]!r} in the recordings folder "
+                                                         "(names are longlive-YYYYMMDD-HHMMSS.mp4 or "
+                                                         ".timeline.json; nothing outside the folder is served)"}),
+                               content_type="application/json")
     return web.FileResponse(path, headers={"Content-Disposition": f'attachment; filename="{path.name}"'})
 
 
@@ -349,10 +368,14 @@ def page(name: str):
 async def static_file(request: web.Request) -> web.FileResponse:
     root: Path = request.app[STATIC_ROOT]
     rel = request.match_info["path"]
-    path = (root / rel).resolve()
-    if (not path.is_relative_to(root) or path.suffix not in STATIC_SUFFIXES or not path.is_file()
-            or "node_modules" in path.relative_to(root).parts):
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no file {rel!r}"}), content_type="application/json")
+    try:
+        path = (root / rel).resolve()
+        found = (path.is_relative_to(root) and path.suffix in STATIC_SUFFIXES and path.is_file()
+                 and "node_modules" not in path.relative_to(root).parts)
+    except (OSError, ValueError, RuntimeError):       # a NUL byte, a loop of links
+        found = False
+    if not found:
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no file {rel[:120]!r}"}), content_type="application/json")
     return web.FileResponse(path)
 
 

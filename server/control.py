@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 WS_QUEUE = 256                    # messages waiting for one slow WebSocket client
 RATE_WINDOW_S = 5.0               # generated and delivered fps are measured over about this long
 DC_MAX_BUFFERED = 1 << 20         # bytes waiting in one data channel before messages are dropped
+STATE_GAP_S = 0.05                # full state broadcasts at most this often; changes in between go out as one
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,8 @@ class WebSocketEndpoint(Endpoint):
             self._queue.put_nowait(encode(event, self.binary))
         except asyncio.QueueFull:
             log.debug("WebSocket client is backed up; dropping a %s message", event.TYPE)
+        except Exception as e:      # an event that cannot be encoded must not reach the hub (send never raises)
+            log.debug("WebSocket send failed: %s", e)
 
     async def _write(self) -> None:
         while True:
@@ -158,8 +161,13 @@ class ControlHub:
     def __init__(self, engine: Engine, info: ServerInfo, *, viewers: ViewerSource | None = None,
                  stats_interval: float = 1.0, recorder: Recorder | None = None, enhancer: Any = None,
                  cues: CueBank | None = None, tempo: TempoClock | None = None, link: bool = False,
-                 wall_clock: Callable[[], float] = time.time):
+                 wall_clock: Callable[[], float] = time.time, clock: Callable[[], float] = time.monotonic):
         self.engine = engine
+        self._clock = clock               # spaces the state broadcasts (STATE_GAP_S)
+        self._state_delta: dict[str, Any] = {}      # changes waiting for the next state broadcast
+        self._state_timer: asyncio.TimerHandle | None = None
+        self._state_sent_at = -float("inf")
+        self.state_broadcasts = 0
         self.photon = PhotonMeter()       # prompt-to-photon per viewer
         self.photon_observers: list[Callable[[Photon], None]] = []   # (metrics)
         self._wall = wall_clock           # the clock of prompt_applied.time
@@ -181,6 +189,7 @@ class ControlHub:
         self._unsubscribe: Callable[[], None] | None = None
         self._stats_task: asyncio.Task | None = None
         self._last_stats: Stats | None = None
+        self.message_limit: Any = None    # server.limits.RateLimit per endpoint (create_app sets it; None: no limit)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +208,9 @@ class ControlHub:
                 log.info("%s", self.enhancer.notice)
 
     async def stop(self) -> None:
+        if self._state_timer is not None:
+            self._state_timer.cancel()
+            self._state_timer = None
         for task in list(self._tasks):
             task.cancel()
         if self.link is not None:
@@ -258,11 +270,15 @@ class ControlHub:
     def receive(self, ep: Endpoint, data: bytes | str) -> None:
         """One message from a client: validate, then act and acknowledge, or answer an error."""
         ep.binary = not isinstance(data, str)
+        over = self.message_limit is not None and not self.message_limit.allow(ep)   # dropped, with an error
         try:
             command = read_command(data)
         except ProtocolError as e:
             log.debug("rejected a control message: %s", e)   # the client hears it; a flood must not fill the log
-            ep.send(ErrorEvent(id=e.id, message=str(e)))
+            ep.send(ErrorEvent(id=e.id, message=self.message_limit.refusal() if over else str(e)))
+            return
+        if over:
+            ep.send(ErrorEvent(id=command.id, message=self.message_limit.refusal()))
             return
         if isinstance(command, PresentedReport) and ep.session is not None:
             self._presented(ep, command)
@@ -406,6 +422,10 @@ class ControlHub:
             return EnhancedEvent(id=command.id, input=command.text, text=command.text, source="raw",
                                  error=None if self.enhancer is None else self.enhancer.notice)
         res = await self.enhancer.enhance(command.text)
+        if len(res.text.strip()) > MAX_PROMPT_CHARS:     # a prompt's limit holds for the AI's rewrite too
+            res = dataclasses.replace(res, text=command.text, source="raw",
+                                      error=f"the AI's rewrite is {len(res.text.strip())} characters long; the limit "
+                                            f"is {MAX_PROMPT_CHARS}, so the text is used as written")
         if res.error:
             self.enhancer_errors += 1
         return EnhancedEvent(id=command.id, input=command.text, text=res.text, source=res.source, error=res.error,
@@ -455,10 +475,34 @@ class ControlHub:
         reply(Ack(id=command.id, command=command.TYPE))
 
     def broadcast(self, event: Event) -> None:
+        """Send an event to every client. A state change (a `state` without an id) goes out as
+        the whole state at once, unless one went out less than STATE_GAP_S ago: then the
+        changes wait and go out together when the gap ends, so a burst of commands (taps, cue
+        edits, a MIDI fader) costs one state per gap for every client, not one per command."""
         if isinstance(event, PromptApplied):
             self.photon.applied(event)
         if isinstance(event, StateEvent) and event.id is None:
-            event = StateEvent(state={**self.state(), **event.state})
+            self._state_delta.update(event.state)
+            if self._state_timer is not None:
+                return                                   # one is due: it carries this change too
+            wait = self._state_sent_at + STATE_GAP_S - self._clock()
+            if wait > 0:
+                try:
+                    self._state_timer = asyncio.get_running_loop().call_later(wait, self._send_state)
+                    return
+                except RuntimeError:                     # no event loop (a synchronous caller): now
+                    pass
+            self._send_state()
+            return
+        for ep in list(self._endpoints):
+            ep.send(event)
+
+    def _send_state(self) -> None:
+        self._state_timer = None
+        delta, self._state_delta = self._state_delta, {}
+        self._state_sent_at = self._clock()
+        self.state_broadcasts += 1
+        event = StateEvent(state={**self.state(), **delta})
         for ep in list(self._endpoints):
             ep.send(event)
 

@@ -104,6 +104,10 @@ class CueBank:
         return cls(cues)
 
     # -- the bank -------------------------------------------------------------------------------
+    def __contains__(self, number: object) -> bool:
+        """Whether cue `number` is set."""
+        return number in self._cues
+
     def get(self, number: int) -> Cue:
         cue = self._cues.get(number)
         if cue is None:

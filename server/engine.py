@@ -39,6 +39,9 @@ control hub answers it as an `error` with the command's id, never an ack); so it
 `COMMAND_QUEUE` (64) commands are already waiting. A prompt's encoding failing is not a
 failure of the stream: only that prompt's `error`. Commands queued before a failure are
 still applied after the restart; the command being applied when it failed is not retried.
+A prompt is being applied until its first block is generated: the pipeline re-caches the
+window under it in that block, so a failure there (an out-of-memory in the re-cache) is that
+prompt's: the `error` carries its id and the stream restarts under the prompt it had.
 
 Devices. On `cuda:N` the engine thread and the encoder thread each make device N their
 current CUDA device (`bind_device`) before touching the pipeline, so Triton launches, CUDA
@@ -148,6 +151,7 @@ class _PendingPrompt:
     due: float | None = None
     cue: tuple[int, str] | None = None
     transition: TransitionSpec | None = None     # as applied (a timeline's segment brings its own)
+    revert: tuple[Any, Any] | None = None        # (conditioning, embedding) before this switch: a failure goes back
 
     @property
     def encoded(self) -> Encoded:
@@ -466,6 +470,12 @@ class Engine:
     def _recover(self, exc: Exception) -> bool:
         """One failure: tell every client, then back off (True: start again) or give up (False)."""
         command, self._applying = self._applying, None
+        switched = self._switched
+        if command is None and switched is not None and switched.revert is not None:
+            # the first block under a new prompt failed (its re-cache): that prompt's failure, not retried
+            command, self._switched = switched.command, None
+            with self._cond:
+                self._set_prompt(*switched.revert)
         what = f"{type(exc).__name__}: {one_line(exc)}"[:MAX_ERROR_CHARS]
         rid = command.id if command is not None else None
         with self._cond:
@@ -780,6 +790,9 @@ class Engine:
         """The pipeline now runs under `p` (from its next block; `at_start`: it was started under it)."""
         prompt = _conditioning(p.command)
         with self._cond:
+            if not at_start:           # what a failure of its first block goes back to (the first switch's)
+                first = self._switched.revert if self._switched is not None else None
+                p.revert = first if first is not None else (self._conditioning, self._embedding)
             self._set_prompt(prompt, p.encoded.embedding)
             if self._newest is not None and self._newest[0] is p.job:
                 self._newest = None

@@ -278,6 +278,7 @@ class OscServer:
         self.address: tuple[str, int] | None = None     # where it listens, once started
         self.received = 0                                # datagrams
         self.refused = 0                                 # datagrams or messages refused
+        self.limit: Any = None          # server.limits.RateLimit per sender address (create_app sets it)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -333,6 +334,10 @@ class OscServer:
             log.debug("refused OSC from %s (not in --osc-allow)", source)
             self.send(PREFIX + "error", f"OSC from {source} is not taken: this server takes OSC from "
                                         f"{', '.join(sorted(allow))} (--osc-allow)")
+            return
+        if self.limit is not None and not self.limit.allow(source or "?"):
+            self.refused += 1
+            self.send(PREFIX + "error", self.limit.refusal())
             return
         try:
             commands = [to_command(address, args) for address, args in read_packet(bytes(data))]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Union
 
@@ -76,7 +77,7 @@ class Text(Spec):
                                 else f"{where} needs at least {self.min_chars} characters")
         if len(value) > self.max_chars:
             raise ProtocolError(f"{where} is {len(value)} characters long; the limit is {self.max_chars}")
-        return value
+        return _unicode(where, value)
 
 
 @dataclass(frozen=True)
@@ -193,9 +194,16 @@ class TimelineValue(Spec):
             return None
         from studio.timeline import Timeline, TimelineError
         try:
-            return Timeline.from_scope(value)
+            timeline = Timeline.from_scope(value)
         except TimelineError as e:
             raise ProtocolError(f"{where}: {e}") from None
+        for segment in timeline.segments:      # live, a prompt's limit is the same on every path
+            for p in segment.prompts:
+                _unicode(f"{where}: a prompt of the segment at {segment.start:g} s", p.text)
+                if len(p.text) > MAX_PROMPT_CHARS:
+                    raise ProtocolError(f"{where}: a prompt of the segment at {segment.start:g} s is {len(p.text)} "
+                                        f"characters long; the limit is {MAX_PROMPT_CHARS}")
+        return timeline
 
 
 @dataclass(frozen=True)
@@ -211,6 +219,8 @@ class RequestId(Spec):
             raise ProtocolError(f"{where} must be a string, an integer or null, not {_wire_name(value)}")
         if isinstance(value, str) and len(value) > MAX_ID_CHARS:
             raise ProtocolError(f"{where} is longer than {MAX_ID_CHARS} characters")
+        if isinstance(value, str):
+            _unicode(where, value)       # it is echoed in every reply to the command
         if isinstance(value, int) and not -2**63 <= value < 2**64:
             raise ProtocolError(f"{where} is out of range")
         return value
@@ -609,11 +619,21 @@ EVENTS: dict[str, type[Event]] = {cls.TYPE: cls for cls in (Hello, Ack, PromptAp
 
 
 def encode(event: Event | dict[str, Any], binary: bool = True) -> bytes | str:
-    """An event -> msgpack bytes (binary) or a JSON string (text)."""
+    """An event -> msgpack bytes (binary) or a JSON string (text). Text that is not valid Unicode
+    (a lone surrogate, which no command lets in, but an event may quote from elsewhere) is sent
+    as U+FFFD in msgpack and as a \\u escape in JSON, never an exception."""
     obj = event.to_wire() if isinstance(event, Event) else event
     if binary:
-        return msgpack.packb(obj, use_bin_type=True)
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+        try:
+            return msgpack.packb(obj, use_bin_type=True)
+        except UnicodeEncodeError:
+            return msgpack.packb(_valid_unicode(obj), use_bin_type=True)
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":"))     # ASCII: a lone surrogate becomes \\udxxx
+    return text
 
 
 # -- helpers -------------------------------------------------------------------------------
@@ -635,6 +655,31 @@ def _wire_name(value: Any) -> str:
     if isinstance(value, dict):
         return "a map"
     return type(value).__name__
+
+
+def _unicode(where: str, value: str) -> str:
+    """`value` if it is valid Unicode text (UTF-8 can carry it), else ProtocolError: JSON's \\ud800
+    escapes decode to lone surrogates, which no reply, state or log line could carry afterwards."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ProtocolError(f"{where} is not valid Unicode text (a lone surrogate, "
+                            f"{value[e.start]!r}, at character {e.start})") from None
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _valid_unicode(obj: Any) -> Any:
+    """`obj` with every string made valid Unicode (lone surrogates replaced by U+FFFD)."""
+    if isinstance(obj, str):
+        return _SURROGATE.sub("\ufffd", obj)
+    if isinstance(obj, dict):
+        return {_valid_unicode(k): _valid_unicode(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_valid_unicode(v) for v in obj]
+    return obj
 
 
 def _short(text: str, n: int = 40) -> str:

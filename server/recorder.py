@@ -15,8 +15,11 @@ recorder sees every block, none skipped; if it falls behind, the blocks it lost 
 Names are chosen here (`longlive-YYYYMMDD-HHMMSS[-N]`, created exclusively) in the
 recordings folder; nothing a client sends becomes a path. A write error (a full disk
 included) stops the recording with an `error` event and a `recording` event (failed); the
-stream goes on. `stop()` finalises both files. Thread-safe: `start`, `stop` and `status`
-may be called from the event loop, the thread does the slow work.
+stream goes on. The video is then cut back to its last complete fragment (a write cut short
+leaves part of one, which players and decoders choke on; cutting frees the space the sidecar
+then needs), so what was recorded plays to its end. `stop()` finalises both files.
+Thread-safe: `start`, `stop` and `status` may be called from the event loop, the thread does
+the slow work.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -125,16 +129,22 @@ class Recorder:
             return []
         out = []
         for p in sorted(self.folder.iterdir(), reverse=True):
-            if NAME.match(p.name) and p.is_file():
+            if self.path_of(p.name) is not None:
                 out.append({"name": p.name, "bytes": p.stat().st_size, "url": self.url_prefix + p.name})
         return out
 
     def path_of(self, name: str) -> Path | None:
-        """The file `name` in the recordings folder, if it is one of ours (else None)."""
-        if not NAME.match(name):
+        """The file `name` in the recordings folder, if it is one of ours (else None): only a
+        recording's own name matches (no folder, `..`, NUL or newline), and a link leading out of
+        the folder is not followed."""
+        if not NAME.fullmatch(name):
             return None
         path = self.folder / name
-        return path if path.is_file() else None
+        try:
+            inside = path.is_file() and path.resolve().is_relative_to(self.folder.resolve())
+        except (OSError, ValueError, RuntimeError):     # a loop of links, a vanished folder
+            return None
+        return path if inside else None
 
     # -- the thread ------------------------------------------------------------------------------------
     def _run(self, take: _Take) -> None:
@@ -162,6 +172,8 @@ class Recorder:
             take.sink.close()
             take.writer.abort()
             _close_quietly(take.file)
+            kept = trim_to_fragments(take.video)
+            log.info("the recording %s keeps %s bytes of complete fragments", take.name, kept)
             try:
                 take.builder.timeline().save(take.sidecar)
             except Exception as e2:        # the same disk: keep the last sidecar written
@@ -243,3 +255,35 @@ def _close_quietly(file: Any) -> None:
         file.close()
     except OSError as e:           # the disk that failed the recording may fail the close too
         log.debug("closing the recording: %s", e)
+
+
+def trim_to_fragments(path: Path) -> int | None:
+    """Cut a fragmented MP4 back to the end of its last complete top-level box, a `moof` only
+    together with the box after it (its `mdat`), so a write cut short leaves a file that
+    decodes to its end. Returns the size kept (None when the file cannot be read or cut)."""
+    try:
+        with open(path, "r+b") as f:
+            size = os.fstat(f.fileno()).st_size
+            good = offset = 0
+            moof = False                 # a moof whose mdat has not been seen complete
+            while offset + 8 <= size:
+                f.seek(offset)
+                head = f.read(16)
+                n, kind = struct.unpack(">I4s", head[:8])
+                if n == 1:               # a 64-bit size follows
+                    if len(head) < 16:
+                        break
+                    n = struct.unpack(">Q", head[8:16])[0]
+                if n < 8 or offset + n > size:     # 0 ("to the end"), nonsense, or cut short
+                    break
+                offset += n
+                if kind == b"moof":
+                    moof = True
+                    continue
+                moof, good = False, offset
+            if good < size:
+                f.truncate(good)
+            return good
+    except OSError as e:
+        log.warning("could not cut the recording %s back to its complete fragments: %s", path.name, e)
+        return None

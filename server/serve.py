@@ -9,9 +9,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import errno
+import ipaddress
 import logging
+import secrets
 import signal
 import socket
+from typing import Callable, Iterable
 
 from streaming.errors import UserError, one_line
 
@@ -26,11 +29,15 @@ CHATTY_LOGGERS = ("aioice", "aiortc", "aiohttp.access")
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    check_prompt(args.prompt)
     sock = listen(args.host, args.port)
     try:
+        bound, port = sock.getsockname()[:2]
+        token, generated = performer_token(bound, args.token)
+        door = door_from_args(args, bound)  # a bad --allow-host or --allow-origin is one sentence, before the load
         from .osc import options_from_args  # the OSC port too is taken before the model loads
 
-        osc = options_from_args(args)
+        osc = options_from_args(argparse.Namespace(**{**vars(args), "token": token}))   # a made-up token locks OSC too
         from .cues import CueBank
 
         cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
@@ -43,18 +50,96 @@ def run(args: argparse.Namespace) -> int:
         folder = args.record if args.record is not None else args.recordings
         from .enhance import AsyncPromptEnhancer
 
-        app = create_app(engine, host=sock.getsockname()[0],    # media offered where HTTP listens
+        from .limits import Limits
+
+        app = create_app(engine, host=bound,    # media offered where HTTP listens
                          recordings=folder, record=args.record is not None,
                          enhancer=AsyncPromptEnhancer(enabled=not args.no_ai), osc=osc,
                          cues=cues, bpm=args.bpm, link=args.link,
                          media=MediaOptions(bitrate=args.bitrate * 1000, keyframe_interval_s=args.keyframe_interval,
                                             ice_servers=tuple(args.ice_server)),
                          whip=whip_options(args), gst_sink=gst_sink,
-                         access=Access(args.token, args.viewer_token, args.max_viewers))
+                         access=Access(token, args.viewer_token, args.max_viewers), door=door,
+                         limits=Limits(control_per_second=getattr(args, "control_rate", 30.0),
+                                       offers_per_minute=getattr(args, "offer_rate", 60.0)))
     except BaseException:
         sock.close()
         raise
-    return asyncio.run(_serve(app, sock, url(args.host, args.port), engine.pipe.embedded_default))
+    lines = announcement(bound, port, token, generated, engine.pipe.embedded_default)
+    return asyncio.run(_serve(app, sock, lines))
+
+
+def check_prompt(text: str) -> None:
+    """--prompt keeps to the limit every prompt keeps to (UserError otherwise)."""
+    from .protocol import MAX_PROMPT_CHARS
+
+    if not text.strip():
+        raise UserError("--prompt must not be empty")
+    if len(text.strip()) > MAX_PROMPT_CHARS:
+        raise UserError(f"--prompt is {len(text.strip())} characters long; the limit is {MAX_PROMPT_CHARS}")
+
+
+def is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def performer_token(bound: str, given: str | None) -> tuple[str | None, bool]:
+    """The performer token to serve with, and whether it was made up here: the one given
+    (--token, $LONGLIVE_TOKEN); none for a loopback bind without one (this machine only, everyone
+    here steers); for any other bind without one, a new random one, so that nobody on the network
+    steers a show by accident."""
+    if given is not None:
+        return given, False
+    if is_loopback(bound):
+        return None, False
+    return secrets.token_urlsafe(18), True
+
+
+def door_from_args(args: argparse.Namespace, bound: str):
+    """The door (server/door.py) for a server bound to `bound`, with --allow-host and --allow-origin."""
+    from .door import Door
+
+    try:
+        return Door(bind=bound, allow_hosts=getattr(args, "allow_host", None) or (),
+                    allow_origins=getattr(args, "allow_origin", None) or ())
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def reachable(bound: str, port: int, addresses: Callable[..., Iterable[str]] | None = None) -> list[str]:
+    """The URLs a server bound to `bound` can be opened at from other machines: the bound
+    address, or for an all-interfaces bind every address of the machine (the ones WebRTC offers
+    candidates on); none for a loopback bind."""
+    if is_loopback(bound):
+        return []
+    if addresses is None:
+        from .webrtc import machine_addresses as addresses
+    if ipaddress.ip_address(bound).is_unspecified:
+        found = [a for a in addresses(use_ipv4=True, use_ipv6=bound == "::") if not is_loopback(a)]
+    else:
+        found = [bound]
+    return [url(a, port) for a in found]
+
+
+def announcement(bound: str, port: int, token: str | None, generated: bool, embedded_default: bool,
+                 addresses: Callable[..., Iterable[str]] | None = None) -> list[str]:
+    """What `serve` prints once it listens: where to open it, and, when it made one up, the
+    performer token, in a URL that carries it (printed this once, on stdout; never logged)."""
+    lines = [f"LongLive live is serving on {url(bound, port)}" + ("  (tiny embedded default)" if embedded_default
+                                                                   else "")]
+    urls = reachable(bound, port, addresses)
+    if ipaddress.ip_address(bound).is_unspecified:
+        lines.append("  on the network: " + ("  ".join(urls) if urls else "no address found besides this machine's"))
+    if generated and token is not None:
+        where = urls[0] if urls else url(bound, port)
+        lines.append(f"  to steer, open {where}?token={token}  (a performer token made up for this run, shown "
+                     "only here; --token T to choose one); everyone else only watches")
+    elif token is not None and not is_loopback(bound):
+        lines.append("  steering needs the performer token (--token); everyone else only watches")
+    return lines
 
 
 def whip_options(args: argparse.Namespace):
@@ -104,7 +189,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
                   rewind_bytes=None if args.rewind_memory is None else args.rewind_memory << 20)
 
 
-async def _serve(app, sock: socket.socket, address: str, embedded_default: bool) -> int:
+async def _serve(app, sock: socket.socket, lines: list[str]) -> int:
     from aiohttp import web
 
     runner = web.AppRunner(app, handle_signals=False, access_log=None)
@@ -118,8 +203,7 @@ async def _serve(app, sock: socket.socket, address: str, embedded_default: bool)
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):   # not on this platform
             pass
-    print(f"LongLive live is serving on {address}" + ("  (tiny embedded default)" if embedded_default else ""),
-          flush=True)
+    print("\n".join(lines), flush=True)     # the only place a made-up token is shown (never logged)
     try:
         await stop.wait()
     finally:

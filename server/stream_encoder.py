@@ -129,6 +129,15 @@ def sent_rtp_origin(sender, last_pts: int) -> int | None:
     return (sent - last_pts) % RTP_CLOCK_WRAP
 
 
+class _Codec:
+    """One run's libvpx context. A run's encoder jobs use its own: when the last viewer leaves and
+    another joins at once, the new run starts while the old run's last job may still be in a
+    worker thread, and one context fed both runs' timestamps (the new run's restart at 0) is
+    what libvpx cannot take (it died of a floating point exception in the churn tests)."""
+
+    context: av.VideoCodecContext | None = None
+
+
 class StreamEncoder:
     def __init__(self, bus: FrameBus, size: tuple[int, int], *, bitrate: int = DEFAULT_BITRATE,
                  keyframe_interval_s: float = KEYFRAME_INTERVAL_S, min_keyframe_gap_s: float = MIN_KEYFRAME_GAP_S,
@@ -138,7 +147,6 @@ class StreamEncoder:
         self._clock = clock
         self._tracks: set[PacketTrack] = set()
         self._task: asyncio.Task | None = None
-        self._codec: av.VideoCodecContext | None = None
         self._last_keyframe = -float("inf")
         self._keyframe_wanted: str | None = "start"
         # what it did, for stats and metrics
@@ -212,7 +220,7 @@ class StreamEncoder:
         self.starts += 1
         reader = BusVideoTrack(self.bus, self.size, clock=self._clock)
         loop = asyncio.get_running_loop()
-        self._codec = None
+        codec = _Codec()                        # this run's own: a job of the run before may still be encoding
         self._keyframe_wanted = self._keyframe_wanted or "the encoder started"
         self._frames_by_pts.clear()             # a new run's pts start at 0 again
         try:
@@ -224,7 +232,7 @@ class StreamEncoder:
                         self._frames_by_pts.popitem(last=False)
                 key = self._keyframe_due()
                 t0 = time.perf_counter()
-                packets = await loop.run_in_executor(None, self._encode, frame, key)
+                packets = await loop.run_in_executor(None, self._encode, codec, frame, key)
                 dt = time.perf_counter() - t0
                 self.encode_s += dt
                 self.last_encode_ms = dt * 1e3
@@ -251,14 +259,14 @@ class StreamEncoder:
             return True
         return since >= self.keyframe_interval_s
 
-    def _encode(self, frame: av.VideoFrame, keyframe: bool) -> list[av.Packet]:
+    def _encode(self, codec: _Codec, frame: av.VideoFrame, keyframe: bool) -> list[av.Packet]:
         """One frame -> its packets (on a worker thread; PyAV releases the GIL while libvpx works)."""
-        if self._codec is None:
-            self._codec = self._open(frame.width, frame.height)
+        if codec.context is None:
+            codec.context = self._open(frame.width, frame.height)
         frame = frame.reformat(format="yuv420p")
         frame.pict_type = av.video.frame.PictureType.I if keyframe else av.video.frame.PictureType.NONE
         out = []
-        for packet in self._codec.encode(frame):
+        for packet in codec.context.encode(frame):
             packet.pts = frame.pts
             packet.time_base = TIME_BASE
             out.append(packet)

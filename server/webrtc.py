@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Iterator
 import aioice.ice
 from aiortc import (RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
+from aiortc.exceptions import InvalidStateError
 
 from streaming.errors import UserError
 
@@ -85,6 +86,12 @@ def ice_host_addresses(bind_host: str | None) -> tuple[str, ...] | None:
     if address.is_unspecified:
         return None
     return (str(address),)
+
+
+def machine_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> tuple[str, ...]:
+    """Every address of this machine but loopback: what an all-interfaces bind offers host
+    candidates on (aioice's lookup); server.door and serve's printed URLs use the same list."""
+    return tuple(_aioice_host_addresses(use_ipv4, use_ipv6))
 
 
 _GATHER_ON: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("longlive_ice_host_addresses",
@@ -131,6 +138,62 @@ def reachable_candidates(sdp: str, addresses: tuple[str, ...] | None) -> str:
         parts = line.split()
         return line.startswith("a=candidate:") and (len(parts) < 5 or not _is_loopback(parts[4]))
     return "".join(line for line in sdp.splitlines(keepends=True) if not unreachable(line))
+
+
+async def close_peer(pc: RTCPeerConnection) -> None:
+    """`pc.close()`, which never raises: aiortc's own close stops half way on a peer connection
+    an offer left half set up (a transport it never made, for an offer it could not use), so
+    whatever transports there are then get stopped one by one (their sockets and tasks freed)."""
+    connecting = _connect_tasks(pc)
+    try:
+        await pc.close()
+        return
+    except Exception as e:
+        log.debug("closing a peer connection failed (%s: %s); stopping its transports one by one",
+                  type(e).__name__, e)
+    finally:
+        for task in connecting:       # closed under aiortc's connect task: it raises "is closed"; expected
+            task.add_done_callback(_closed_under)
+    parts: list = []
+    for transceiver in pc.getTransceivers():
+        dtls = getattr(transceiver.receiver, "transport", None)
+        parts += [transceiver, dtls, getattr(dtls, "transport", None)]
+    sctp = pc.sctp
+    if sctp is not None:
+        dtls = getattr(sctp, "transport", None)
+        parts += [sctp, dtls, getattr(dtls, "transport", None)]
+    for part in parts:
+        if part is None:
+            continue
+        try:
+            await part.stop()
+        except Exception as e:   # each is stopped on its own: one that cannot be must not keep the others
+            log.debug("stopping %s failed: %s", type(part).__name__, e)
+    pc.remove_all_listeners()
+
+
+def _connect_tasks(pc: RTCPeerConnection) -> list[asyncio.Task]:
+    """aiortc's tasks connecting `pc` (RTCPeerConnection.__connect, started by set*Description): a pc
+    closed while one runs makes it raise InvalidStateError ("RTCIceTransport is closed": it does not
+    look again whether the pc was closed between its steps), and nobody awaits that task."""
+    out = []
+    for task in asyncio.all_tasks():
+        coro = task.get_coro()
+        frame = getattr(coro, "cr_frame", None)
+        if getattr(coro, "__qualname__", "") == "RTCPeerConnection.__connect" and frame is not None \
+                and frame.f_locals.get("self") is pc:
+            out.append(task)
+    return out
+
+
+def _closed_under(task: asyncio.Task) -> None:
+    """Take the connect task's exception (so asyncio does not log "Task exception was never
+    retrieved" and a traceback for an ordinary goodbye); anything but "closed" is logged."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, InvalidStateError):
+        log.warning("connecting a closed peer connection failed: %s: %s", type(exc).__name__, exc)
 
 
 @dataclass
@@ -304,7 +367,7 @@ class SessionManager:
             session.deadline.cancel()
             session.deadline = None
         session.track.stop()
-        await session.pc.close()
+        await close_peer(session.pc)
         t = session.track
         log.info("session %s closed after %.0f s: %d frames delivered, %d skipped, %d repeated (%d viewers)",
                  session_id, time.time() - session.created, t.delivered, t.skipped, t.repeated, self.count)

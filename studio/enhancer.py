@@ -391,7 +391,7 @@ class BaseEnhancer:
             return "could not reach the API" + (f" ({_clip(one_line(cause))})" if cause is not None else "")
         if isinstance(exc, anthropic.APIResponseValidationError):
             return "returned a malformed answer (it does not match the Messages API)"
-        if isinstance(exc, json.JSONDecodeError):     # the SDK lets json's own error through
+        if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):   # the SDK lets json's own errors through
             return "returned a malformed answer (not valid JSON)"
         if isinstance(exc, anthropic.AnthropicError):
             return f"failed ({type(exc).__name__}: {_clip(one_line(exc))})"

@@ -636,6 +636,64 @@ def test_a_block_between_failures_resets_the_count():
     assert engine.state().status != "stopped" and engine.state().failed is None
 
 
+def test_commands_queued_before_a_failure_are_applied_after_the_restart():
+    """Supervision: "Commands queued before a failure are still applied after the restart"."""
+    async def main():
+        events: list = []
+        engine: list[Engine] = []
+
+        def fail(attempt: int) -> BaseException | None:
+            if attempt != 3:
+                return None
+            engine[0].submit(PromptCommand(text="queued before", id="q"))    # waiting when the block fails
+            settle(engine[0])
+            return oom(attempt)
+
+        pipe = FakePipeline(fps=1000, fail=fail)
+        engine.append(new_engine(pipe, prompt="first", seed=7, sleep=lambda s: None, ring_frames=1000))
+        engine[0].subscribe(events.append, asyncio.get_running_loop())
+        engine[0].start()
+        await until(lambda: any(isinstance(e, PromptApplied) for e in events), "the queued prompt")
+        return pipe, events
+
+    pipe, events = asyncio.run(main())
+    applied = [e for e in events if isinstance(e, PromptApplied)]
+    assert [(e.id, e.text, e.block) for e in applied] == [("q", "queued before", 0)]
+    at = pipe.calls.index("fail:3")
+    assert pipe.calls[at + 1:at + 3] == ["start:first:7", "switch:queued before"]
+    assert [e.id for e in errors(events)] == [None]
+
+
+def test_stopping_for_good_answers_every_command_still_waiting_with_an_error():
+    """Supervision: after max_failures "every command that was still waiting gets an error"."""
+    async def main():
+        events: list = []
+        engine: list[Engine] = []
+        pipe = FakePipeline(fps=1000)
+
+        def fail(attempt: int) -> BaseException | None:
+            if attempt != 2:
+                return None
+            engine[0].submit(SeedCommand(seed=3, id="s"))
+            engine[0].submit(PromptCommand(text="never", id="p"))
+            pipe.bad_seeds.add(7)                  # and the restart's start fails too: two in a row
+            return oom(attempt)
+
+        pipe.fail = fail
+        engine.append(new_engine(pipe, prompt="first", seed=7, sleep=lambda s: None, max_failures=2))
+        engine[0].subscribe(events.append, asyncio.get_running_loop())
+        engine[0].start()
+        await until(lambda: "stopped" in states(events), "the engine to stop for good")
+        await until(lambda: len(errors(events)) >= 4, "the errors")
+        return events
+
+    events = asyncio.run(main())
+    errs = [(e.id, e.message) for e in errors(events)]
+    assert errs[1][1].startswith("the generator stopped after 2 failures in a row: RuntimeError: seed 7 breaks")
+    assert sorted((i, m) for i, m in errs[2:]) == [("p", "prompt was not applied: the generator stopped"),
+                                                   ("s", "seed was not applied: the generator stopped")]
+
+
 def test_commands_while_restarting_are_refused_and_taken_again_after():
     release = threading.Event()
     pipe = FakePipeline(fps=1000, fail=lambda attempt: oom(attempt) if attempt == 2 else None)

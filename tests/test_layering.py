@@ -14,7 +14,7 @@ import pytest
 
 from golden import REPO
 
-ROOMS = ("kernels", "streaming", "studio", "server", "bench", "longlive")
+ROOMS = ("kernels", "streaming", "studio", "server", "bench", "longlive", "tools")
 # room -> the rooms it may import (every import counts, at the top of a file or inside a function)
 MAY_IMPORT = {
     "kernels": set(),
@@ -23,6 +23,7 @@ MAY_IMPORT = {
     "server": {"studio", "streaming", "kernels"},
     "bench": {"streaming", "kernels", "studio"},      # tools measure the model and the offline room
     "longlive": {"server", "studio", "streaming", "kernels", "bench"},
+    "tools": {"server", "studio", "streaming", "kernels", "bench", "longlive"},   # the soak: on top, imported by none
 }
 SERVER_LIBRARIES = {"aiohttp", "aiortc", "av", "msgpack", "anthropic"}
 # room -> third-party or standard modules it must never import

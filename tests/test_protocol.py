@@ -271,7 +271,7 @@ def test_http_offer_and_session_errors():
                 ('{"sdp": "v=0\\r\\nm=garbage", "type": "offer"}', "cannot answer"),
                 ('{"sdp": "v=0", "type": "answer"}', "expected an SDP offer"),
             ]:
-                r = await client.post("/api/offer", data=body)
+                r = await client.post("/api/offer", data=body, headers={"Content-Type": "application/json"})
                 assert r.status == 400, body
                 assert fragment in (await r.json())["error"], body
             r = await client.delete("/api/sessions/nobody")
@@ -460,6 +460,47 @@ def test_a_stopped_engine_refuses_over_the_socket_and_says_why_in_the_state():
             assert r.status == 503 and r.headers["Retry-After"] == "1"
             body = await r.json()
             assert body["type"] == "error" and body["id"] == 6 and "the generator has stopped" in body["message"]
+
+    asyncio.run(main())
+
+
+def test_a_burst_of_state_changes_reaches_every_client_as_one_state_per_gap():
+    """Forty taps at once (a drummer, a MIDI controller) are forty acks but not forty full states
+    for every client: the first goes out at once, the rest together when the gap has passed, and
+    that one says what the last command did. (Fuzzing found a burst of stage commands from nine
+    clients slowing generation to half its rate.)"""
+    from server.control import STATE_GAP_S
+    from server.protocol import TapCommand, TempoCommand
+
+    class Client:
+        def __init__(self):
+            self.events, self.closed, self.role, self.session = [], False, "performer", None
+
+        def send(self, event):
+            self.events.append(event)
+
+        def close(self):
+            self.closed = True
+
+    async def main():
+        now = [10.0]
+        hub = ControlHub(Engine(FakePipeline(), prompt="start"),
+                         ServerInfo(config="fake", width=16, height=8, fps=16.0, embedded_default=True),
+                         clock=lambda: now[0])
+        client = Client()
+        hub.attach(client)
+        acks: list = []
+        for i in range(40):
+            hub.dispatch(TapCommand(id=i) if i < 39 else TempoCommand(bpm=97.0, id=i), acks.append)
+        states = [e for e in client.events if isinstance(e, StateEvent)]
+        assert len([a for a in acks if isinstance(a, Ack)]) == 40
+        assert len(states) == 1, len(states)                  # the first, at once; the others wait
+        now[0] += STATE_GAP_S
+        await asyncio.sleep(STATE_GAP_S * 3)                  # the timer that sends what waited
+        states = [e for e in client.events if isinstance(e, StateEvent)]
+        assert len(states) == 2 and hub.state_broadcasts == 2
+        assert states[-1].state["tempo"]["bpm"] == 97.0
+        await hub.stop()
 
     asyncio.run(main())
 

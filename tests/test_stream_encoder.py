@@ -59,9 +59,9 @@ def test_viewers_share_one_encoder_and_each_decodes_the_stream(monkeypatch):
     calls = [0]
     real = StreamEncoder._encode
 
-    def counted(self, frame, keyframe):
+    def counted(self, codec, frame, keyframe):
         calls[0] += 1
-        return real(self, frame, keyframe)
+        return real(self, codec, frame, keyframe)
     monkeypatch.setattr(StreamEncoder, "_encode", counted)
 
     async def main():
@@ -176,3 +176,47 @@ def test_keyframes_come_on_request_at_most_once_a_gap_and_every_interval(interva
     frame_at(4.4)
     frame_at(4.5)                                    # 4 s after the last one: periodic
     assert made == [0.0, 0.5, 4.5]
+
+
+def test_a_restarted_encoder_never_feeds_its_codec_the_last_runs_frames(monkeypatch):
+    """The last viewer leaves while a frame is still being encoded on a worker thread, and a new
+    viewer joins at once: the new run's codec must see only its own frames, in order (one codec
+    fed both runs' timestamps died of a floating point exception inside libvpx in the churn test)."""
+    import threading
+
+    seen: dict[int, list[int]] = {}            # codec context -> the pts it was given
+    hold, held = threading.Event(), threading.Event()
+    real = StreamEncoder._encode
+
+    def watched(self, codec, frame, keyframe):
+        if not held.is_set() and frame.pts > 0 and codec.context is not None:
+            held.set()
+            assert hold.wait(DEADLINE_S)         # this job is still running when the run is restarted
+        out = real(self, codec, frame, keyframe)
+        seen.setdefault(id(codec.context), []).append(frame.pts)
+        return out
+    monkeypatch.setattr(StreamEncoder, "_encode", watched)
+
+    async def main():
+        engine = Engine(FakePipeline(size=(32, 16)), prompt="start", seed=4)
+        engine.start()
+        try:
+            encoder = StreamEncoder(engine.bus, (32, 16))
+            first = encoder.subscribe()
+            await until(held.is_set, "a frame held in the encoder's worker")
+            first.stop()                             # the last viewer leaves: the run is cancelled
+            await asyncio.sleep(0)
+            second = encoder.subscribe()             # and a new one joins: a new run, pts from 0 again
+            await asyncio.wait_for(second.recv(), DEADLINE_S)
+            hold.set()                               # the old job finishes now, after the new run began
+            for _ in range(6):
+                await asyncio.wait_for(second.recv(), DEADLINE_S)
+            assert encoder.starts == 2
+            for pts in seen.values():
+                assert pts == sorted(set(pts)), f"a codec was given timestamps out of order: {pts}"
+            second.stop()
+            await encoder.close()
+        finally:
+            hold.set()
+            engine.stop()
+    asyncio.run(main())

@@ -52,11 +52,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen, str]:
-    """`longlive serve` (tiny default) on a free port; returns the process and its URL."""
+def start_server(*args: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """`longlive serve` (tiny default) on a free port; returns the process and its URL. `prefix`:
+    a command that execs the rest (e.g. into a namespace: the server must stay the process's pid)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "longlive", "serve", "--port", str(port), "--log-level", "warning",
-                             *args],
+    proc = subprocess.Popen([*prefix, sys.executable, "-m", "longlive", "serve", "--port", str(port),
+                             "--log-level", "warning", *args],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "LONGLIVE_WEIGHTS": ""})
     lines = []
@@ -77,14 +78,14 @@ def start_server(*args: str) -> tuple[subprocess.Popen, str]:
     pytest.fail("the server did not start:\n" + "".join(lines) + (proc.stdout.read() or ""))
 
 
-def stop_server(proc: subprocess.Popen) -> str:
-    """SIGTERM, which must end the server cleanly (exit 0, no traceback) within 30 s."""
-    proc.send_signal(signal.SIGTERM)
+def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
+    """SIGTERM (or `sig`: SIGINT is Ctrl-C), which must end the server cleanly (exit 0, no traceback) within 30 s."""
+    proc.send_signal(sig)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("the server did not stop within 30 s of SIGTERM")
+        pytest.fail(f"the server did not stop within 30 s of {signal.Signals(sig).name}")
     proc.drain.join(5)  # type: ignore[attr-defined]
     out = "".join(proc.output)  # type: ignore[attr-defined]
     assert proc.returncode == 0, out
