@@ -47,7 +47,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 from hypothesis import HealthCheck, Phase, given, seed, settings, strategies as st
 
 import fuzz_messages as fm
-from server.app import SESSIONS
+from server.app import SESSIONS, WS_MAX_FRAME
 from server.osc import read_packet
 from server.protocol import ProtocolError
 from server.webrtc import gathering_on
@@ -194,7 +194,8 @@ async def fuzz_connection(path: str, drafts: list[fm.Draft], send: Callable[[Any
             rid = next_id(path)
             body, used = fm.with_id(draft.body, rid)
             payload = fm.encode(body, draft.wire)
-            if max_bytes is not None and len(payload) > max_bytes:
+            size = len(payload.encode("utf-8", "surrogatepass")) if isinstance(payload, str) else len(payload)
+            if max_bytes is not None and size > max_bytes:
                 tally.unsendable[f"{path}: over {max_bytes} bytes"] += 1
                 continue
             try:
@@ -520,9 +521,10 @@ def test_fuzz_every_control_path(fuzz_server):
                 return [items[k::n] for k in range(n)]
             jobs = [fuzz_connection("datachannel", part, p.channel.send, a, tally, DC_MAX_BYTES, (lambda p: lambda: sctp_state(p))(p))
                     for p, a, part in zip(peers, dc_answers, split(dc, DC_PEERS))]
+            # (a frame over WS_MAX_FRAME closes its socket, as documented: tests/test_protocol.py checks that)
             jobs += [fuzz_connection("websocket", part,
                                      (lambda s: lambda data: s.send_bytes(data) if isinstance(data, bytes)
-                                      else s.send_str(data))(s), a, tally)
+                                      else s.send_str(data))(s), a, tally, WS_MAX_FRAME)
                      for s, a, part in zip(sockets, ws_answers, split(ws, WS_PEERS))]
             jobs += [fuzz_http(url, "/api/prompt", part, f"127.0.0.{2 + k}", tally)
                      for k, part in enumerate(split(prompts, HTTP_ADDRESSES))]

@@ -403,6 +403,29 @@ def test_shutdown_closes_open_websockets():
     asyncio.run(main())
 
 
+def test_a_websocket_frame_over_the_limit_closes_that_socket_and_no_other():
+    """Up to WS_MAX_FRAME an oversized message gets an error; beyond it aiohttp closes the socket
+    (as documented), and the server's other clients never notice."""
+    from server.app import WS_MAX_FRAME
+
+    async def main():
+        async with running_app() as client:
+            big, other = await client.ws_connect("/api/control"), await client.ws_connect("/api/control")
+            for ws in (big, other):
+                await next_message(ws, ("hello",))
+            await big.send_bytes(b"\x00" * (WS_MAX_FRAME + 1))
+            async def closed() -> None:
+                while (await big.receive()).type not in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING,
+                                                         WSMsgType.ERROR):
+                    pass                              # (stats and state may come first)
+            await asyncio.wait_for(closed(), 10)
+            await other.send_bytes(pack({"type": "status", "id": 7}))
+            assert (await next_message(other, ("state",)))["id"] == 7
+            await other.close()
+
+    asyncio.run(main())
+
+
 def test_app_has_the_documented_routes():
     app = create_app(Engine(FakePipeline()))
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if isinstance(r.resource, web.Resource)}
