@@ -27,6 +27,7 @@ from server.engine import Engine
 from server import serve
 from streaming.errors import UserError
 from test_engine import FakePipeline
+from test_roles import next_of
 
 DEADLINE_S = 20.0
 EVIL = "http://evil.example"
@@ -53,15 +54,6 @@ async def applied(engine: Engine, text: str) -> list[str]:
         assert time.monotonic() < deadline, engine.state()
         await asyncio.sleep(0.02)
     return [p["text"] for p in engine.state().history]
-
-
-async def next_of(ws, kind: str) -> dict:
-    async def read():
-        while True:
-            msg = await ws.receive_json()
-            if msg["type"] == kind:
-                return msg
-    return await asyncio.wait_for(read(), DEADLINE_S)
 
 
 # -- names ------------------------------------------------------------------------------------------
