@@ -789,7 +789,6 @@ def test_prompt_to_photon_latency_in_the_page(server):
     viewer: this page and a /watch page beside it). Figures to report (docs/PERFORMANCE.md)."""
     async def main() -> dict:
         async with chromium() as (browser, errors):
-            await wait_for_controllers(server, 0)            # the earlier tests' pages have gone
             watcher = await open_page(browser, server, errors, path="/watch")
             page = await open_page(browser, server, errors)
             await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
@@ -826,8 +825,9 @@ def test_prompt_to_photon_latency_in_the_page(server):
           f"{out['applied']['latency_ms']:.0f} ms); measured by the server from the viewers' reports: "
           f"{photons} ms; {len(out['frames'])} frames watched")
     assert 0 < latency < 15_000
-    # both pages reported (the two newest viewers); each figure comes after generation, and no later than
-    # the picture visibly changed
+    # both pages reported: the two newest viewers (a page of an earlier test may still be connected for a
+    # while, until the server sees its connection fail); each figure comes after generation, and no later
+    # than the picture visibly changed
     assert len(photons) >= 2, out["photons"]
     for ms in [photons[v] for v in sorted(photons, key=int)[-2:]]:
         assert out["applied"]["latency_ms"] <= ms <= latency + 250, (photons, latency)
