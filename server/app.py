@@ -32,25 +32,25 @@ from aiohttp import WSMsgType, web
 
 from studio.sidecar import Source
 
-from .control import ControlHub, ServerInfo, WebSocketEndpoint
-from .cues import CueBank
-from . import door as door_module
-from .door import Door
+from .control.hub import ControlHub, ServerInfo, WebSocketEndpoint
+from .performing.cues import CueBank
+from .door import checks as door_module
+from .door.checks import Door
 from .engine import Engine
-from .gst_sink import GstSink
-from . import limits as limits_module
-from .limits import Limits
+from .media.gst_sink import GstSink
+from .door import limits as limits_module
+from .door.limits import Limits
 from .metrics import CONTENT_TYPE as METRICS_TYPE, StreamMetrics
-from .osc import OscOptions, OscServer, describe as describe_osc
-from .photon import NEEDS_VIDEO
+from .control.osc import OscOptions, OscServer, describe as describe_osc
+from .media.photon import NEEDS_VIDEO
 from .protocol import (ArmCommand, EnhanceCommand, FireCommand, PresentedReport, PromptCommand, ProtocolError,
                        RecordCommand, parse_command)
-from .recorder import Recorder
-from .roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
-from .tempo import TempoClock
-from . import whep
-from .webrtc import MediaOptions, OfferError, SessionManager, ViewersFull
-from .whip import WhipOptions, WhipPublisher
+from .keeping.recorder import Recorder
+from .door.roles import NEEDS_TOKEN, PERFORMER, Access, presented_token, scrub_logs
+from .performing.tempo import TempoClock
+from .media import whep
+from .media.webrtc import MediaOptions, OfferError, SessionManager, ViewersFull
+from .media.whip import WhipOptions, WhipPublisher
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ async def _shutdown(app: web.Application) -> None:
 
 # -- routes ----------------------------------------------------------------------------------------
 def _role(request: web.Request) -> str:
-    """The role of the peer behind `request` (server.roles); 401 when it may not even watch."""
+    """The role of the peer behind `request` (server.door.roles); 401 when it may not even watch."""
     role = request.app[ACCESS].role(presented_token(request.headers, request.query))
     if role is None:
         raise web.HTTPUnauthorized(text=json.dumps({"type": "error", "id": None, "message": NEEDS_TOKEN}),

@@ -80,7 +80,7 @@ from .framebus import FrameBus
 from .prompt_encoder import Encoded, PromptEncoderWorker
 from .protocol import (Command, ErrorEvent, Event, Notice, PauseCommand, PromptApplied, PromptCommand, RequestIdValue,
                        ResumeCommand, RewindCommand, SeedCommand, StateEvent, TimelineCommand)
-from .rewind import RewindPoint, RewindShelf
+from .keeping.rewind import RewindPoint, RewindShelf
 
 log = logging.getLogger(__name__)
 

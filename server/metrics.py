@@ -5,7 +5,7 @@ frame bus, shared encoder, sessions, recorder, control hub), so nothing is count
 nothing needs updating per frame. Latencies that come one per event are histograms, fed by
 the engine's `prompt_applied` events: the switch latency (command received -> first block
 under the new prompt generated) and the re-cache time of that block; prompt-to-photon, fed
-by the viewers' reports (server.photon): command received -> the new prompt on a viewer's
+by the viewers' reports (server.media.photon): command received -> the new prompt on a viewer's
 screen, as a histogram over all viewers and the latest per viewer connected now.
 
     longlive_frames_generated_total, longlive_blocks_generated_total   counters

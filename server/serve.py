@@ -35,22 +35,22 @@ def run(args: argparse.Namespace) -> int:
         bound, port = sock.getsockname()[:2]
         token, generated = performer_token(bound, args.token)
         door = door_from_args(args, bound)  # a bad --allow-host or --allow-origin is one sentence, before the load
-        from .osc import options_from_args  # the OSC port too is taken before the model loads
+        from .control.osc import options_from_args  # the OSC port too is taken before the model loads
 
         osc = options_from_args(argparse.Namespace(**{**vars(args), "token": token}))   # a made-up token locks OSC too
-        from .cues import CueBank
+        from .performing.cues import CueBank
 
         cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
         gst_sink = gst_sink_pipeline(args)  # so are missing GStreamer and a bad --gst-sink pipeline
         engine = build_engine(args)
         from .app import create_app  # aiohttp/aiortc load only when serving
-        from .roles import Access
-        from .webrtc import MediaOptions
+        from .door.roles import Access
+        from .media.webrtc import MediaOptions
 
         folder = args.record if args.record is not None else args.recordings
         from .enhance import AsyncPromptEnhancer
 
-        from .limits import Limits
+        from .door.limits import Limits
 
         app = create_app(engine, host=bound,    # media offered where HTTP listens
                          recordings=folder, record=args.record is not None,
@@ -100,7 +100,7 @@ def performer_token(bound: str, given: str | None) -> tuple[str | None, bool]:
 
 def door_from_args(args: argparse.Namespace, bound: str):
     """The door (server/door.py) for a server bound to `bound`, with --allow-host and --allow-origin."""
-    from .door import Door
+    from .door.checks import Door
 
     try:
         return Door(bind=bound, allow_hosts=getattr(args, "allow_host", None) or (),
@@ -116,7 +116,7 @@ def reachable(bound: str, port: int, addresses: Callable[..., Iterable[str]] | N
     if is_loopback(bound):
         return []
     if addresses is None:
-        from .webrtc import machine_addresses as addresses
+        from .media.webrtc import machine_addresses as addresses
     if ipaddress.ip_address(bound).is_unspecified:
         found = [a for a in addresses(use_ipv4=True, use_ipv6=bound == "::") if not is_loopback(a)]
     else:
@@ -146,7 +146,7 @@ def whip_options(args: argparse.Namespace):
     """`--whip URL [--whip-token T]` as the publisher's options (None without --whip)."""
     if getattr(args, "whip", None) is None:
         return None
-    from .whip import WhipOptions
+    from .media.whip import WhipOptions
 
     return WhipOptions(url=args.whip, token=getattr(args, "whip_token", None),
                        ice_servers=tuple(getattr(args, "ice_server", None) or ()))
@@ -157,7 +157,7 @@ def gst_sink_pipeline(args: argparse.Namespace) -> str | None:
     pipeline = getattr(args, "gst_sink", None)
     if pipeline is None:
         return None
-    from .gst_sink import check
+    from .media.gst_sink import check
 
     check(pipeline)
     return pipeline

@@ -43,8 +43,8 @@ from aiortc.mediastreams import MediaStreamError
 from server.app import HUB, SESSIONS, create_app
 from server.engine import Engine
 from server.framebus import FrameBus
-from server.limits import Limits
-from server.webrtc import CONNECT_TIMEOUT_S, SessionManager, gathering_on
+from server.door.limits import Limits
+from server.media.webrtc import CONNECT_TIMEOUT_S, SessionManager, gathering_on
 from test_engine import FakePipeline
 from test_webrtc import LOOPBACK, Viewer, candidate_addresses
 

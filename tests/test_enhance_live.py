@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from messages_api import FakeMessagesAPI
 from server.app import create_app
-from server.control import ControlHub, ServerInfo
+from server.control.hub import ControlHub, ServerInfo
 from server.enhance import AsyncPromptEnhancer
 from server.engine import Engine
 from server.protocol import PromptCommand, RewindCommand

@@ -15,7 +15,7 @@ import pytest
 from aiortc.mediastreams import MediaStreamError
 
 from server.framebus import CLOCK_RATE, FrameBus
-from server.track import BusVideoTrack
+from server.media.track import BusVideoTrack
 
 
 class FakeClock:
@@ -232,7 +232,7 @@ def test_invalid_construction():
         FrameBus(16, capacity=0)
 
 
-# -- the reader every viewer gets: server.track.BusVideoTrack ------------------------------------------------
+# -- the reader every viewer gets: server.media.track.BusVideoTrack ------------------------------------------------
 def test_viewer_tracks_read_latest_frames_each_at_its_own_pace():
     async def main():
         bus, clock = make(fps=16)

@@ -24,7 +24,7 @@ import pytest
 from longlive.cli import main
 from server import serve
 from server.block_sink import BlockSink
-from server.gst_sink import GstPipelineError, GstSink, GstUnavailable, check, gst, launch_line
+from server.media.gst_sink import GstPipelineError, GstSink, GstUnavailable, check, gst, launch_line
 from server.protocol import ErrorEvent
 from test_engine import DEADLINE_S, FakePipeline, new_engine, run_until_idle, wait_until
 from test_framebus import FakeClock

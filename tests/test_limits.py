@@ -16,12 +16,12 @@ import aiohttp
 import pytest
 
 from server.app import HUB, OSC, create_app
-from server.control import ControlHub, ServerInfo
+from server.control.hub import ControlHub, ServerInfo
 from server.engine import Engine
-from server.limits import Limits, RateLimit
-from server.osc import OscOptions, OscServer, build
+from server.door.limits import Limits, RateLimit
+from server.control.osc import OscOptions, OscServer, build
 from server.protocol import EnhanceCommand
-from server.roles import PERFORMER
+from server.door.roles import PERFORMER
 from studio.enhancer import Enhanced
 from test_door import applied, next_of, serving
 from test_engine import FakePipeline

@@ -17,12 +17,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from pythonosc import osc_bundle_builder, osc_message, osc_message_builder, udp_client
 
 from longlive import cli
-from server import osc
+from server.control import osc
 from server.app import HUB, OSC, create_app
 from server.engine import Engine
-from server.osc import ADDRESSES, MAX_BUNDLE_MESSAGES, MAX_PACKET_BYTES, OscOptions, OscServer, read_packet, to_command
+from server.control.osc import ADDRESSES, MAX_BUNDLE_MESSAGES, MAX_PACKET_BYTES, OscOptions, OscServer, read_packet, to_command
 from server.protocol import ProtocolError, parse_command
-from server.tempo import TempoClock
+from server.performing.tempo import TempoClock
 from streaming.errors import UserError
 from test_engine import FakePipeline
 
@@ -364,7 +364,7 @@ def test_bad_osc_gets_an_error_reply_and_the_stream_goes_on(tmp_path, caplog):
             sock.close()
         loud = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert not loud, [r.getMessage() for r in loud]
-        refusals = [r for r in caplog.records if r.name == "server.osc" and "refused" in r.getMessage()]
+        refusals = [r for r in caplog.records if r.name == "server.control.osc" and "refused" in r.getMessage()]
         assert len(refusals) >= len(cases) and all(r.levelno == logging.DEBUG for r in refusals)
     asyncio.run(main())
 

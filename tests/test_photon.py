@@ -20,9 +20,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import HUB, SESSIONS, create_app
 from server.engine import Engine
-from server.photon import PhotonMeter
+from server.media.photon import PhotonMeter
 from server.protocol import PromptApplied
-from server.stream_encoder import sent_rtp_origin
+from server.media.stream_encoder import sent_rtp_origin
 from test_engine import FakePipeline
 from test_stream_encoder import until
 from test_webrtc import Viewer

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from server.app import create_app
-from server.control import ControlHub, ServerInfo
+from server.control.hub import ControlHub, ServerInfo
 from server.engine import HISTORY_CHARS, CommandRefused, Engine
 from server.protocol import (COMMANDS, EVENTS, MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, SEED_MAX, Ack, Command,
                              ErrorEvent, Hello, PauseCommand, PromptApplied, PromptCommand, ProtocolError,
@@ -492,7 +492,7 @@ def test_a_burst_of_state_changes_reaches_every_client_as_one_state_per_gap():
     for every client: the first goes out at once, the rest together when the gap has passed, and
     that one says what the last command did. (Fuzzing found a burst of stage commands from nine
     clients slowing generation to half its rate.)"""
-    from server.control import STATE_GAP_S
+    from server.control.hub import STATE_GAP_S
     from server.protocol import TapCommand, TempoCommand
 
     class Client:

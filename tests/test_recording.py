@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from server.protocol import ErrorEvent, PromptCommand, RecordingEvent
-from server.recorder import NAME, Recorder, RecordingError
+from server.keeping.recorder import NAME, Recorder, RecordingError
 from studio.sidecar import Recipe, Source
 from studio.timeline import Timeline
 from studio.videofile import FragmentedVideoWriter

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 
 from server.app import SESSIONS, create_app
 from server.engine import Engine
-from server.osc import OscOptions, OscServer, build
-from server.roles import PERFORMER, VIEWER, Access, presented_token
+from server.control.osc import OscOptions, OscServer, build
+from server.door.roles import PERFORMER, VIEWER, Access, presented_token
 from test_engine import FakePipeline
 from test_webrtc import Viewer
 from test_whep import WhepPlayer

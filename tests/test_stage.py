@@ -8,11 +8,11 @@ import asyncio
 
 import pytest
 
-from server.control import ControlHub, ServerInfo
-from server.cues import CueBank, CueError
+from server.control.hub import ControlHub, ServerInfo
+from server.performing.cues import CueBank, CueError
 from server.protocol import (Ack, ArmCommand, CueCommand, ErrorEvent, FireCommand, PromptApplied, PromptCommand,
                              StateEvent, TapCommand, TempoCommand, TransitionCommand, parse_command)
-from server.tempo import TempoClock
+from server.performing.tempo import TempoClock
 from test_engine import make_engine, run_until_idle, settle
 
 CUES = """
@@ -222,7 +222,7 @@ def test_a_link_session_steers_the_clock():
     itself is not opened here, since Link announces itself by multicast beyond loopback."""
     from types import SimpleNamespace
 
-    from server.tempo import LinkTempo
+    from server.performing.tempo import LinkTempo
     t = [10.0]
     tempo = TempoClock(120, 4, clock=lambda: t[0])
     link = SimpleNamespace(beat=6.5, tempo=90.0, num_peers=2)

@@ -19,8 +19,8 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 
 from server.app import SESSIONS, create_app
 from server.engine import Engine
-from server.stream_encoder import PacketTrack, StreamEncoder
-from server.webrtc import MediaOptions
+from server.media.stream_encoder import PacketTrack, StreamEncoder
+from server.media.webrtc import MediaOptions
 from test_engine import FakePipeline
 from test_webrtc import Viewer
 

@@ -32,7 +32,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from server.webrtc import gathering_on
+from server.media.webrtc import gathering_on
 
 REPO = Path(__file__).resolve().parent.parent
 FPS = 16
@@ -398,7 +398,7 @@ def test_track_stamps_each_frame_one_frame_later_and_counts_what_it_sent():
     import numpy as np
 
     from server.framebus import FrameBus
-    from server.track import BusVideoTrack
+    from server.media.track import BusVideoTrack
 
     def block(first: int, n: int) -> np.ndarray:      # frame k's pixels hold k, so the picture can be checked
         return np.stack([np.full((8, 16, 3), (first + i) % 256, np.uint8) for i in range(n)])
@@ -454,7 +454,7 @@ def test_track_ticks_out_of_step_with_the_playhead_lose_no_frames():
     import numpy as np
 
     from server.framebus import FrameBus
-    from server.track import BusVideoTrack
+    from server.media.track import BusVideoTrack
 
     async def main():
         clock = StepClock()
@@ -476,7 +476,7 @@ def test_track_ticks_out_of_step_with_the_playhead_lose_no_frames():
 
 
 def test_frame_rates_tell_generated_from_delivered():
-    from server.control import FrameRates
+    from server.control.hub import FrameRates
 
     rates = FrameRates(window_s=5.0)
     assert rates.generated_fps() is None and rates.delivered_fps() == [] and rates.span() == 0
@@ -512,7 +512,7 @@ def test_frame_rates_tell_generated_from_delivered():
 
 # -- where ICE gathers (no connection is made: gathering only binds sockets on loopback) --------------------
 def test_ice_offers_the_bind_address_only_and_all_addresses_for_an_all_interfaces_bind():
-    from server.webrtc import ice_host_addresses
+    from server.media.webrtc import ice_host_addresses
 
     assert ice_host_addresses("127.0.0.1") == ("127.0.0.1",)
     assert ice_host_addresses("127.0.0.2") == ("127.0.0.2",)
@@ -546,7 +546,7 @@ def test_gathering_on_is_scoped_to_its_block_and_context():
         assert a and set(a) == {"127.0.0.1"}
         assert b and set(b) == {"127.0.0.2"}
         # outside any block the hook answers what aioice would (it only reads the interface list)
-        from server import webrtc
+        from server.media import webrtc
         assert aioice.ice.get_host_addresses is webrtc._host_addresses
         assert webrtc._host_addresses(True, True) == webrtc._aioice_host_addresses(True, True)
 
@@ -554,7 +554,7 @@ def test_gathering_on_is_scoped_to_its_block_and_context():
 
 
 def test_a_loopback_server_ignores_offered_candidates_it_cannot_reach():
-    from server.webrtc import reachable_candidates
+    from server.media.webrtc import reachable_candidates
 
     offer = ("v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
              "a=candidate:1 1 udp 2122260223 8d3e2a4f-1c2b-4f7a-9e3a-0a1b2c3d4e5f.local 50000 typ host\r\n"

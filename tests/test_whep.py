@@ -16,7 +16,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.app import SESSIONS, create_app
 from server.engine import Engine
-from server.webrtc import MediaOptions, gathering_on
+from server.media.webrtc import MediaOptions, gathering_on
 from test_engine import FakePipeline
 from test_webrtc import LOOPBACK, candidate_addresses
 

@@ -44,8 +44,8 @@ from longlive import cli
 from server.app import WHIP, create_app
 from server.engine import Engine
 from server.serve import whip_options
-from server.webrtc import gathering_on
-from server.whip import WhipOptions, WhipPublisher, backoff_delays, safe_url
+from server.media.webrtc import gathering_on
+from server.media.whip import WhipOptions, WhipPublisher, backoff_delays, safe_url
 from test_engine import FakePipeline
 
 REPO = Path(__file__).resolve().parent.parent
@@ -191,7 +191,7 @@ def no_token_anywhere(caplog, *more: str) -> None:
 
 
 def whip_lines(caplog, level: int = logging.WARNING) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "server.whip" and r.levelno >= level]
+    return [r.getMessage() for r in caplog.records if r.name == "server.media.whip" and r.levelno >= level]
 
 
 # -- the unit tests ----------------------------------------------------------------------------------------

@@ -390,8 +390,8 @@ async def scenario(work: Path, token: str, port: int, window_s: float) -> dict:
             result["participants_after_stop"] = len(await janus.publishers(admin))
             server_log = (work / "server.log").read_text(errors="replace")
             result["token_in_server_log"] = token in server_log
-            result["server_log_whip_lines"] = [line[line.find("server.whip"):][:160] for line in server_log.splitlines()
-                                               if "server.whip" in line][-8:]
+            result["server_log_whip_lines"] = [line[line.find("server.media.whip"):][:160] for line in server_log.splitlines()
+                                               if "server.media.whip" in line][-8:]
             await janus.close()
         finally:
             for v in viewers:

@@ -14,7 +14,7 @@ JSON after a text one); before the first message, a client gets msgpack unless i
 for JSON (WebSocket `?format=json`, data channel protocol "json").
 
 A WebRTC session's data channel also carries its viewer's `presented` reports, from which
-the hub measures prompt-to-photon at that viewer (server.photon) and answers `photon`.
+the hub measures prompt-to-photon at that viewer (server.media.photon) and answers `photon`.
 """
 
 from __future__ import annotations
@@ -33,17 +33,17 @@ from aiortc import RTCDataChannel
 
 from streaming.blend import Blend, TransitionSpec
 
-from .cues import Cue, CueBank, CueError
-from .engine import CommandRefused, Engine
-from .protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, CueCommand,
+from ..performing.cues import Cue, CueBank, CueError
+from ..engine import CommandRefused, Engine
+from ..protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, CueCommand,
                        EnhanceCommand, EnhancedEvent, ErrorEvent, Event, FireCommand, Hello, PromptCommand,
                        PhotonEvent, PresentedReport, PromptApplied, ProtocolError, RecordCommand, RewindCommand,
                        StateEvent, Stats, StatusCommand, TapCommand, TempoCommand, TransitionCommand, encode,
                        read_command)
-from .photon import NEEDS_VIDEO, Photon, PhotonMeter
-from .recorder import Recorder, RecordingError
-from .roles import NEEDS_PERFORMER, PERFORMER
-from .tempo import LinkTempo, TempoClock
+from ..media.photon import NEEDS_VIDEO, Photon, PhotonMeter
+from ..keeping.recorder import Recorder, RecordingError
+from ..door.roles import NEEDS_PERFORMER, PERFORMER
+from ..performing.tempo import LinkTempo, TempoClock
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ class Endpoint:
     def __init__(self, binary: bool = True, role: str = PERFORMER):
         self.binary = binary
         self.closed = False
-        self.role = role                  # performer | viewer (server.roles): what it may do
+        self.role = role                  # performer | viewer (server.door.roles): what it may do
         self.session: str | None = None   # the WebRTC session whose data channel this is
 
     def send(self, event: Event) -> None:
@@ -189,7 +189,7 @@ class ControlHub:
         self._unsubscribe: Callable[[], None] | None = None
         self._stats_task: asyncio.Task | None = None
         self._last_stats: Stats | None = None
-        self.message_limit: Any = None    # server.limits.RateLimit per endpoint (create_app sets it; None: no limit)
+        self.message_limit: Any = None    # server.door.limits.RateLimit per endpoint (create_app sets it; None: no limit)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:

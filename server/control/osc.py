@@ -37,8 +37,8 @@ from pythonosc.parsing import osc_types
 
 from streaming.errors import UserError, one_line
 
-from .control import Endpoint
-from .protocol import (Ack, Command, ErrorEvent, Event, Hello, Notice, PromptApplied, ProtocolError, RecordingEvent,
+from .hub import Endpoint
+from ..protocol import (Ack, Command, ErrorEvent, Event, Hello, Notice, PromptApplied, ProtocolError, RecordingEvent,
                        StateEvent, Stats, parse_command)
 
 log = logging.getLogger(__name__)
@@ -278,7 +278,7 @@ class OscServer:
         self.address: tuple[str, int] | None = None     # where it listens, once started
         self.received = 0                                # datagrams
         self.refused = 0                                 # datagrams or messages refused
-        self.limit: Any = None          # server.limits.RateLimit per sender address (create_app sets it)
+        self.limit: Any = None          # server.door.limits.RateLimit per sender address (create_app sets it)
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> None:

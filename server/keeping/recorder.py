@@ -37,8 +37,8 @@ from typing import Any, Callable
 from streaming.errors import UserError, one_line
 from studio.sidecar import SidecarBuilder, Source, block_hash
 
-from .block_sink import SINK_BLOCKS, BlockSink, GeneratedBlock
-from .protocol import ErrorEvent, Event, RecordingEvent
+from ..block_sink import SINK_BLOCKS, BlockSink, GeneratedBlock
+from ..protocol import ErrorEvent, Event, RecordingEvent
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import yaml
 from streaming.blend import Blend, TransitionSpec
 from streaming.errors import UserError
 
-from .protocol import CueCommand, ProtocolError, parse_command
+from ..protocol import CueCommand, ProtocolError, parse_command
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from streaming.errors import UserError, one_line
 
-from .block_sink import SINK_BLOCKS, BlockSink, GeneratedBlock
-from .protocol import ErrorEvent, Event
+from ..block_sink import SINK_BLOCKS, BlockSink, GeneratedBlock
+from ..protocol import ErrorEvent, Event
 
 log = logging.getLogger(__name__)
 

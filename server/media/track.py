@@ -32,7 +32,7 @@ import numpy as np
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import VideoFrame
 
-from .framebus import CLOCK_RATE, FrameBus
+from ..framebus import CLOCK_RATE, FrameBus
 
 log = logging.getLogger(__name__)
 

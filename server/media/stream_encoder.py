@@ -25,7 +25,7 @@ others from a slow one.
 Which picture is which. The encoder remembers the frame-bus number of the frame each pts
 carried (`frame_at`), and each viewer's track learns the random origin its sender adds to
 every pts on the wire (`PacketTrack.rtp_origin`), so an RTP timestamp a viewer reports
-names a frame of the stream (server.photon: prompt-to-photon per viewer).
+names a frame of the stream (server.media.photon: prompt-to-photon per viewer).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Callable
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from .framebus import CLOCK_RATE, FrameBus
+from ..framebus import CLOCK_RATE, FrameBus
 from .track import BusVideoTrack
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 
-from .protocol import PromptApplied, RequestIdValue
+from ..protocol import PromptApplied, RequestIdValue
 
 KEEP_SWITCHES = 16          # the newest switches a late report can still be matched to
 NEEDS_VIDEO = "presented reports come on a WebRTC session's data channel (this connection carries no video)"

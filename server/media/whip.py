@@ -22,7 +22,7 @@ like any viewer) and the engine never waits for it.
 
 The media comes from `make_track()`, called once per attempt (a stopped track cannot be
 reused): today a `BusVideoTrack` of the stream (aiortc encodes it, once, for the SFU, which
-fans it out); with the shared encoder (`server.stream_encoder`) it becomes
+fans it out); with the shared encoder (`server.media.stream_encoder`) it becomes
 `lambda: encoder.subscribe()`, whose track yields pre-encoded VP8 packets.
 
 The token never reaches a log line, an event or an error message: URLs are logged without

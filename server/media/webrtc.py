@@ -50,8 +50,8 @@ from aiortc.exceptions import InvalidStateError
 
 from streaming.errors import UserError
 
-from .framebus import FrameBus
-from .roles import PERFORMER, VIEWER
+from ..framebus import FrameBus
+from ..door.roles import PERFORMER, VIEWER
 from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, StreamEncoder
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def ice_host_addresses(bind_host: str | None) -> tuple[str, ...] | None:
 
 def machine_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> tuple[str, ...]:
     """Every address of this machine but loopback: what an all-interfaces bind offers host
-    candidates on (aioice's lookup); server.door and serve's printed URLs use the same list."""
+    candidates on (aioice's lookup); server.door.checks and serve's printed URLs use the same list."""
     return tuple(_aioice_host_addresses(use_ipv4, use_ipv6))
 
 
@@ -202,7 +202,7 @@ class Session:
     pc: RTCPeerConnection
     track: PacketTrack
     kind: str = "page"                  # page | whep
-    role: str = PERFORMER               # what its control channel may do (server.roles)
+    role: str = PERFORMER               # what its control channel may do (server.door.roles)
     created: float = field(default_factory=time.time)
     channel: RTCDataChannel | None = None
     etag: str = field(default_factory=lambda: f'"{secrets.token_urlsafe(9)}"')
