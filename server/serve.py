@@ -116,7 +116,7 @@ def reachable(bound: str, port: int, addresses: Callable[..., Iterable[str]] | N
     if is_loopback(bound):
         return []
     if addresses is None:
-        from .media.webrtc import machine_addresses as addresses
+        from .addresses import machine_addresses as addresses
     if ipaddress.ip_address(bound).is_unspecified:
         found = [a for a in addresses(use_ipv4=True, use_ipv6=bound == "::") if not is_loopback(a)]
     else:

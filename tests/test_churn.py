@@ -44,7 +44,8 @@ from server.app import HUB, SESSIONS, create_app
 from server.engine import Engine
 from server.framebus import FrameBus
 from server.door.limits import Limits
-from server.media.webrtc import CONNECT_TIMEOUT_S, SessionManager, gathering_on
+from server.addresses import gathering_on
+from server.media.webrtc import CONNECT_TIMEOUT_S, SessionManager
 from test_engine import FakePipeline
 from test_webrtc import LOOPBACK, Viewer, candidate_addresses
 

@@ -319,7 +319,7 @@ def test_serve_prints_a_made_up_token_once_and_never_logs_it(capsys, caplog, tmp
 
     monkeypatch.setattr(serve, "listen", lambda host, port: Sock())
     monkeypatch.setattr(serve, "build_engine", lambda a: Engine(FakePipeline(size=(32, 16)), prompt="start"))
-    monkeypatch.setattr("server.media.webrtc.machine_addresses", lambda use_ipv4=True, use_ipv6=True: ("192.0.2.2",))
+    monkeypatch.setattr("server.addresses.machine_addresses", lambda use_ipv4=True, use_ipv6=True: ("192.0.2.2",))
 
     async def fake_serve(app, sock, lines):
         from server.app import ACCESS

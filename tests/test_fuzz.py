@@ -50,7 +50,7 @@ import fuzz_messages as fm
 from server.app import SESSIONS, WS_MAX_FRAME
 from server.control.osc import read_packet
 from server.protocol import ProtocolError
-from server.media.webrtc import gathering_on
+from server.addresses import gathering_on
 from test_webrtc import FPS, LOOPBACK, Viewer, start_server, stop_server
 
 SCALE = float(os.environ.get("LONGLIVE_FUZZ_SCALE", "1"))

@@ -1,7 +1,13 @@
 """The import graph is a house: `server/` above `studio/` above `streaming/` above `kernels/`,
 nothing pointing up; the tools (`bench/`) apart from the model; the command line (`longlive/`)
 on top; asyncio only in the live server; the generation world free of the server's libraries
-(the GPU machines have torch and triton, no aiortc or PyAV)."""
+(the GPU machines have torch and triton, no aiortc or PyAV).
+
+Inside `server/` the same rule holds between its rooms: the foundation (protocol, frame bus,
+block sink, addresses, prompt encoder, enhance) imports none of the others; each concern
+(`door/`, `performing/`, `keeping/`, `media/`, `control/`) imports the foundation and the
+concerns below it; the engine keeps its rewind points on the shelf in `keeping/`; only `app` and
+`serve` put everything together."""
 
 from __future__ import annotations
 
@@ -36,6 +42,52 @@ FORBIDDEN = {
 }
 
 
+# server's rooms: a top-level module by its name, a sub-package by its folder -> the rooms it may import
+SERVER_FOUNDATION = {"protocol", "framebus", "block_sink", "addresses", "prompt_encoder", "enhance"}
+SERVER_CONCERNS = {"door", "performing", "keeping", "media", "control"}
+SERVER_MAY_IMPORT = {
+    **{room: set() for room in SERVER_FOUNDATION},
+    "door": SERVER_FOUNDATION,
+    "performing": SERVER_FOUNDATION,
+    "keeping": SERVER_FOUNDATION,
+    "media": SERVER_FOUNDATION | {"door"},                 # a session's role
+    "engine": SERVER_FOUNDATION | {"keeping"},             # the rewind shelf
+    "metrics": SERVER_FOUNDATION,
+    "control": SERVER_FOUNDATION | {"engine", "door", "performing", "keeping", "media"},
+    "app": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics"},
+    "serve": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics", "app"},
+}
+
+
+def server_room(path: Path) -> str:
+    """The room of a file under server/: its folder (a concern) or its module name (the top)."""
+    parts = path.relative_to(REPO / "server").with_suffix("").parts
+    return parts[0]
+
+
+def server_imports_of(path: Path) -> set[str]:
+    """The server rooms `path` (under server/) imports, relative and absolute imports resolved."""
+    package = list(path.relative_to(REPO).with_suffix("").parts[:-1])      # ["server", "media"]
+    rooms = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[:len(package) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [])
+            names = [target + [a.name] for a in node.names] if not node.module else [target]
+        elif isinstance(node, ast.ImportFrom):
+            names = [(node.module or "").split(".")]
+        elif isinstance(node, ast.Import):
+            names = [alias.name.split(".") for alias in node.names]
+        else:
+            continue
+        rooms |= {name[1] for name in names if len(name) > 1 and name[0] == "server"}
+    return rooms
+
+
+def server_sources() -> list[Path]:
+    return [p for p in sorted((REPO / "server").rglob("*.py")) if p != REPO / "server" / "__init__.py"]
+
+
 def imports_of(path: Path) -> set[str]:
     """Top-level names of every module `path` imports (relative imports resolved)."""
     package = path.relative_to(REPO).parts[0]
@@ -64,6 +116,27 @@ def test_imports_point_down_only(room, path):
     assert not up, f"{path.relative_to(REPO)} ({room}) imports {up}; {room} may import only {sorted(MAY_IMPORT[room])}"
     bad = sorted(imported & FORBIDDEN.get(room, set()))
     assert not bad, f"{path.relative_to(REPO)} imports {bad}"
+
+
+@pytest.mark.parametrize("path", server_sources(), ids=lambda p: str(p.relative_to(REPO)))
+def test_server_rooms_import_down_only(path):
+    room = server_room(path)
+    assert room in SERVER_MAY_IMPORT, (f"{path.relative_to(REPO)}: server room {room!r} has no place in "
+                                       "SERVER_MAY_IMPORT; put it in a concern's folder or give it a rule")
+    up = sorted(server_imports_of(path) - SERVER_MAY_IMPORT[room] - {room})
+    assert not up, (f"{path.relative_to(REPO)} ({room}) imports server's {up}; "
+                    f"{room} may import only {sorted(SERVER_MAY_IMPORT[room])}")
+
+
+def test_the_server_rule_sees_a_violation(tmp_path, monkeypatch):
+    """The checker itself: a concern reaching up (relative, package-relative and absolute) is seen."""
+    door = tmp_path / "server" / "door"
+    door.mkdir(parents=True)
+    (door / "checks.py").write_text("from ..media.webrtc import x\nfrom .. import control\n"
+                                    "def f():\n    import server.app\n    from .roles import PERFORMER\n")
+    monkeypatch.setattr(sys.modules[__name__], "REPO", tmp_path)
+    assert server_room(door / "checks.py") == "door"
+    assert server_imports_of(door / "checks.py") == {"media", "control", "app", "door"}
 
 
 def test_the_rule_sees_a_violation(tmp_path, monkeypatch):

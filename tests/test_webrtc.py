@@ -32,7 +32,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
-from server.media.webrtc import gathering_on
+from server.addresses import gathering_on
 
 REPO = Path(__file__).resolve().parent.parent
 FPS = 16
@@ -512,7 +512,7 @@ def test_frame_rates_tell_generated_from_delivered():
 
 # -- where ICE gathers (no connection is made: gathering only binds sockets on loopback) --------------------
 def test_ice_offers_the_bind_address_only_and_all_addresses_for_an_all_interfaces_bind():
-    from server.media.webrtc import ice_host_addresses
+    from server.addresses import ice_host_addresses
 
     assert ice_host_addresses("127.0.0.1") == ("127.0.0.1",)
     assert ice_host_addresses("127.0.0.2") == ("127.0.0.2",)
@@ -546,9 +546,9 @@ def test_gathering_on_is_scoped_to_its_block_and_context():
         assert a and set(a) == {"127.0.0.1"}
         assert b and set(b) == {"127.0.0.2"}
         # outside any block the hook answers what aioice would (it only reads the interface list)
-        from server.media import webrtc
-        assert aioice.ice.get_host_addresses is webrtc._host_addresses
-        assert webrtc._host_addresses(True, True) == webrtc._aioice_host_addresses(True, True)
+        from server import addresses
+        assert aioice.ice.get_host_addresses is addresses._host_addresses
+        assert addresses._host_addresses(True, True) == addresses._aioice_host_addresses(True, True)
 
     asyncio.run(main())
 

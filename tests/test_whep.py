@@ -16,7 +16,8 @@ from aiortc.mediastreams import MediaStreamError
 
 from server.app import SESSIONS, create_app
 from server.engine import Engine
-from server.media.webrtc import MediaOptions, gathering_on
+from server.addresses import gathering_on
+from server.media.webrtc import MediaOptions
 from test_engine import FakePipeline
 from test_webrtc import LOOPBACK, candidate_addresses
 

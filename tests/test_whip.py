@@ -44,7 +44,7 @@ from longlive import cli
 from server.app import WHIP, create_app
 from server.engine import Engine
 from server.serve import whip_options
-from server.media.webrtc import gathering_on
+from server.addresses import gathering_on
 from server.media.whip import WhipOptions, WhipPublisher, backoff_delays, safe_url
 from test_engine import FakePipeline
 

@@ -211,7 +211,7 @@ class Viewer:
     async def open(self) -> "Viewer":
         from aiortc import RTCSessionDescription
 
-        from server.media.webrtc import gathering_on
+        from server.addresses import gathering_on
 
         self.pc.addTransceiver("video", direction="recvonly")
         self.pc.on("track", lambda track: setattr(self, "task", asyncio.ensure_future(self._read(track))))

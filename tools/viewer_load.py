@@ -28,7 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from server.media.webrtc import gathering_on  # noqa: E402
+from server.addresses import gathering_on  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 

@@ -8,7 +8,7 @@ Three checks keep those pages out while the server's own pages, scripts and play
   points its own name at 127.0.0.1 and then talks to this server as if it were that site.
   The names: the bound address; for a loopback bind `localhost`, `127.0.0.1` and `::1`; for an
   all-interfaces bind (`0.0.0.0`, `::`) those, every address of the machine (the list WebRTC
-  offers candidates on, `server.media.webrtc.machine_addresses`, looked at again when an unknown
+  offers candidates on, `server.addresses.machine_addresses`, looked at again when an unknown
   address turns up) and the machine's host name (`NAME` and `NAME.local`); plus every
   `--allow-host NAME` (a DNS name, or what a reverse proxy sends). The port is not compared.
 - **Origin** (`/api/*`, the WebSocket `/api/control` included, checked before the upgrade): a
@@ -132,7 +132,7 @@ def _is_unspecified(address: str | None) -> bool:
 
 
 def _machine_addresses(bind: str | None) -> tuple[str, ...]:
-    from ..media.webrtc import machine_addresses
+    from ..addresses import machine_addresses
     return machine_addresses(use_ipv4=True, use_ipv6=bind in (None, "", "::"))
 
 

@@ -12,7 +12,7 @@ the HTTP socket is bound to and offers ICE host candidates on that address only
 (`ice_host_addresses`): bound to 127.0.0.1 (the default) the answer carries 127.0.0.1
 candidates and nothing else, bound to 192.168.1.5 it carries 192.168.1.5, bound to
 0.0.0.0 or :: it carries every address of the machine (aioice's own choice, which leaves
-127.0.0.1 out). aioice has no setting for this, so `gathering_on` scopes its host-address
+127.0.0.1 out). aioice has no setting for this, so `gathering_on` (server.addresses) scopes its host-address
 lookup (`aioice.ice.get_host_addresses`) with a context variable: only gathering started
 inside that block (one `setLocalDescription`) sees the restricted list; every other peer
 connection in the process gathers as before. A loopback-bound server also leaves out the
@@ -34,22 +34,20 @@ otherwise hold its session, a viewer slot and its sockets for ever.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import ipaddress
 import logging
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
-import aioice.ice
 from aiortc import (RTCConfiguration, RTCDataChannel, RTCIceServer, RTCPeerConnection, RTCRtpSender,
                     RTCSessionDescription)
 from aiortc.exceptions import InvalidStateError
 
 from streaming.errors import UserError
 
+from ..addresses import gathering_on, ice_host_addresses
 from ..framebus import FrameBus
 from ..door.roles import PERFORMER, VIEWER
 from .stream_encoder import DEFAULT_BITRATE, KEYFRAME_INTERVAL_S, PacketTrack, StreamEncoder
@@ -67,58 +65,6 @@ class OfferError(UserError, ValueError):
 
 class ViewersFull(OfferError):
     """The server already has its `max_viewers`."""
-
-
-# -- where ICE gathers ------------------------------------------------------------------------------
-def ice_host_addresses(bind_host: str | None) -> tuple[str, ...] | None:
-    """The addresses a server bound to `bind_host` offers as ICE host candidates.
-
-    None means every address of the machine (an all-interfaces bind: "", "0.0.0.0", "::");
-    a specific address (127.0.0.1, 192.168.1.5, ::1) gives just that address. Host names
-    are not resolved here: pass the address the socket is bound to (`getsockname()[0]`).
-    """
-    if bind_host is None or bind_host == "":
-        return None
-    try:
-        address = ipaddress.ip_address(bind_host)
-    except ValueError:
-        raise ValueError(f"ICE needs the numeric address the server is bound to, not {bind_host!r}") from None
-    if address.is_unspecified:
-        return None
-    return (str(address),)
-
-
-def machine_addresses(use_ipv4: bool = True, use_ipv6: bool = True) -> tuple[str, ...]:
-    """Every address of this machine but loopback: what an all-interfaces bind offers host
-    candidates on (aioice's lookup); server.door.checks and serve's printed URLs use the same list."""
-    return tuple(_aioice_host_addresses(use_ipv4, use_ipv6))
-
-
-_GATHER_ON: contextvars.ContextVar[tuple[str, ...] | None] = contextvars.ContextVar("longlive_ice_host_addresses",
-                                                                                   default=None)
-_aioice_host_addresses = aioice.ice.get_host_addresses
-
-
-def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
-    """aioice's host-address lookup, restricted to `gathering_on`'s addresses inside that block."""
-    chosen = _GATHER_ON.get()
-    if chosen is None:
-        return _aioice_host_addresses(use_ipv4, use_ipv6)
-    return [a for a in chosen if (use_ipv6 if ":" in a else use_ipv4)]
-
-
-@contextlib.contextmanager
-def gathering_on(addresses: Iterable[str] | None) -> Iterator[None]:
-    """ICE gathering started inside this block (`await pc.setLocalDescription(...)`) offers
-    host candidates on `addresses` only; None leaves aioice's choice (every address but
-    127.0.0.1). The restriction follows the context (the tasks aiortc starts for the
-    gathering inherit it), so other peer connections in the process are not affected."""
-    aioice.ice.get_host_addresses = _host_addresses      # idempotent; defers to aioice outside the block
-    token = _GATHER_ON.set(None if addresses is None else tuple(addresses))
-    try:
-        yield
-    finally:
-        _GATHER_ON.reset(token)
 
 
 def _is_loopback(address: str) -> bool:

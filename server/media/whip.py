@@ -43,7 +43,8 @@ import aiohttp
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamTrack
 
-from .webrtc import gathering_on, vp8_preferences
+from ..addresses import gathering_on
+from .webrtc import vp8_preferences
 
 log = logging.getLogger(__name__)
 
