@@ -1,7 +1,8 @@
 """The live server (asyncio): HTTP, WebRTC, the control protocol and the engine thread.
 
 At the top, the core: `serve` (`longlive serve`: load, start, serve until stopped), `app`
-(the routes), `engine` (the supervised worker thread that owns the pipeline),
+(builds the pieces and lists the routes), `api` and `pages` (the routes' handlers: the HTTP
+API, the client's files), `appkeys` (what the app holds), `engine` (the supervised worker thread that owns the pipeline),
 `prompt_encoder` (new prompts encoded off the generation thread), `framebus` (newest frames +
 the playback clock), `block_sink` (what takes every generated block), `protocol` (the control
 messages), `addresses` (the machine's addresses, where ICE gathers), `metrics` (Prometheus),

@@ -6,8 +6,8 @@ on top; asyncio only in the live server; the generation world free of the server
 Inside `server/` the same rule holds between its rooms: the foundation (protocol, frame bus,
 block sink, addresses, prompt encoder, enhance) imports none of the others; each concern
 (`door/`, `performing/`, `keeping/`, `media/`, `control/`) imports the foundation and the
-concerns below it; the engine keeps its rewind points on the shelf in `keeping/`; only `app` and
-`serve` put everything together."""
+concerns below it; the engine keeps its rewind points on the shelf in `keeping/`; the HTTP handlers
+(`api`, `pages`) read what the app holds (`appkeys`); only `app` and `serve` put everything together."""
 
 from __future__ import annotations
 
@@ -54,7 +54,10 @@ SERVER_MAY_IMPORT = {
     "engine": SERVER_FOUNDATION | {"keeping"},             # the rewind shelf
     "metrics": SERVER_FOUNDATION,
     "control": SERVER_FOUNDATION | {"engine", "door", "performing", "keeping", "media"},
-    "app": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics"},
+    "appkeys": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics"},       # what the app holds
+    "api": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics", "appkeys"},
+    "pages": {"appkeys"},
+    "app": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics", "appkeys", "api", "pages"},
     "serve": SERVER_FOUNDATION | SERVER_CONCERNS | {"engine", "metrics", "app"},
 }
 
