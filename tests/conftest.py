@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+from typing import Any
+
 import pytest
 
 from golden import FixtureSet, TaehvSet, fixture_root, fixture_sets, taehv_sets
@@ -23,3 +27,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
                 "folders holding taehv.json, taehv_decoder.safetensors and taehv_cases.safetensors); "
                 "set LONGLIVE_FIXTURES to a folder of fixture sets")
         metafunc.parametrize("taehv_set", [TaehvSet(p) for p in sets], ids=[p.name for p in sets], scope="module")
+
+
+# -- the fast tier (`make check`) -----------------------------------------------------------------------
+# Tests that run a real server, a browser or the soak carry `@pytest.mark.integration` (or `browser`),
+# and `make check` leaves them out. With LONGLIVE_FAST_TIER=1 (what `make check` sets) a test of the
+# fast tier that starts an HTTP server anyway fails with a sentence saying to mark it.
+def _no_server(*args: object, **kwargs: object) -> None:
+    raise AssertionError("this test starts an HTTP server: mark it @pytest.mark.integration "
+                         "(`make check` leaves such tests out; `make test` runs them)")
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_has_no_servers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.environ.get("LONGLIVE_FAST_TIER") != "1" or request.node.get_closest_marker("integration") \
+            or request.node.get_closest_marker("browser"):
+        return
+    from aiohttp import test_utils, web
+    monkeypatch.setattr(test_utils.BaseTestServer, "start_server", _no_server)
+    monkeypatch.setattr(web.TCPSite, "start", _no_server)
+    popen = subprocess.Popen
+
+    class NoServe(popen):       # `longlive serve` as a program is a server too
+        def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
+            words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
+            if "serve" in words and any("longlive" in w for w in words):
+                _no_server()
+            super().__init__(args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", NoServe)

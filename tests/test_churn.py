@@ -36,6 +36,7 @@ from collections import Counter
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
@@ -179,6 +180,7 @@ def figures(app) -> dict[str, Any]:
             "fds": len(os.listdir("/proc/self/fd")), "rss_mb": round(rss_bytes() / 2**20, 1)}
 
 
+@pytest.mark.integration
 def test_churn_leaves_nothing_behind(caplog):
     """No error is logged on the way (an abrupt goodbye is ordinary). FD_SLACK: after the warm-up every kind of socket the test and the server use has been made and
     closed eight times, so the count should come back exactly (it did: 13 and 13); 2 are allowed for a
@@ -272,6 +274,7 @@ def run_stepped(coro) -> Any:
         loop.close()
 
 
+@pytest.mark.integration
 def test_a_session_that_never_connects_is_ended_at_its_deadline():
     """An offer without candidates whose peer is gone: nothing ever fails in ICE, so without the
     deadline the session (its viewer slot, peer connection and sockets) would stay for ever."""
@@ -302,6 +305,7 @@ def test_a_session_that_never_connects_is_ended_at_its_deadline():
     run_stepped(main())
 
 
+@pytest.mark.integration
 def test_a_session_that_connects_is_not_ended_by_the_deadline():
     async def main():
         loop = asyncio.get_running_loop()
@@ -328,6 +332,7 @@ def test_a_session_that_connects_is_not_ended_by_the_deadline():
     run_stepped(main())
 
 
+@pytest.mark.integration
 def test_ending_a_session_while_ice_checks_run_logs_no_traceback(caplog, monkeypatch):
     """The fuzzing found it (once in several runs): a session ended (DELETE, or its connect deadline)
     while aiortc's connect task was between two steps made that task raise InvalidStateError

@@ -105,6 +105,7 @@ def test_the_door_answers_to_its_own_names_only():
 
 
 # -- cross-site requests ------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_cross_site_form_cannot_switch_the_prompt(tmp_path):
     """An HTML form on any site can POST text/plain or form-encoded bodies to 127.0.0.1 without a
     preflight; the JSON inside such a body must not be read."""
@@ -142,6 +143,7 @@ def test_a_cross_site_form_cannot_switch_the_prompt(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_pages_on_other_sites_are_refused_on_api_and_the_websocket(tmp_path):
     async def main():
         async with serving(tmp_path, door=Door(bind="127.0.0.1", allow_origins=("https://show.example.com",))) \
@@ -179,6 +181,7 @@ def test_pages_on_other_sites_are_refused_on_api_and_the_websocket(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_names_that_are_not_the_servers_are_refused(tmp_path):
     """DNS rebinding: a site points its own name at 127.0.0.1; its requests then carry its Host."""
     async def main():
@@ -205,6 +208,7 @@ def test_names_that_are_not_the_servers_are_refused(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_an_oversized_body_is_one_sentence(tmp_path):
     async def main():
         async with serving(tmp_path) as (app, engine, url), aiohttp.ClientSession() as http:
@@ -224,6 +228,7 @@ def test_an_oversized_body_is_one_sentence(tmp_path):
 
 
 # -- path tricks ------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_recordings_never_leave_their_folder(tmp_path):
     folder = tmp_path / "recordings"
     folder.mkdir()

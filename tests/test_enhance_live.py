@@ -49,6 +49,7 @@ def user_text(request: dict) -> str:
     return content if isinstance(content, str) else " ".join(b.get("text", "") for b in content)
 
 
+@pytest.mark.integration
 def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritten(monkeypatch, caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -96,6 +97,7 @@ def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritt
     assert KEY not in caplog.text
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("trouble, says", [
     (lambda api: api.answer_error(500, "overloaded"), "HTTP 500"),
     (lambda api: api.answer_error(429, "slow down", retry_after=0), "rate-limited (HTTP 429)"),
@@ -120,6 +122,7 @@ def test_a_failing_model_falls_back_to_the_prompt_as_sent(monkeypatch, caplog, t
     assert KEY not in caplog.text
 
 
+@pytest.mark.integration
 def test_the_stream_keeps_generating_while_the_model_is_slow_and_times_out(monkeypatch):
     async def body(client, ws, engine):
         api.answer_delay(3.0, then_text="too late")
@@ -139,6 +142,7 @@ def test_the_stream_keeps_generating_while_the_model_is_slow_and_times_out(monke
         asyncio.run(with_app(api, body, timeout_s=1.0, max_retries=0))
 
 
+@pytest.mark.integration
 def test_no_key_means_a_notice_and_prompts_as_written(monkeypatch):
     monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
 

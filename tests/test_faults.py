@@ -191,6 +191,7 @@ def test_an_oom_in_the_recache_of_a_prompt_switch_fails_that_prompt_and_the_stre
 
 
 # -- (c) the LLM API failing or hanging never touches the stream -----------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("trouble, says", [
     (lambda api: api.answer_error(500, "the model is on fire", times=2), "failed (HTTP 500: the model is on fire)"),
     (lambda api: api.answer_raw(200, b"\x00\xffnot json at all"), "returned a malformed answer (not valid JSON)"),
@@ -292,6 +293,7 @@ def _decoded(data: bytes, where: Path) -> list:
         return [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(not _namespaces(), reason="no user and mount namespaces here (unshare -rm): "
                     "test_recording's FullDisk test injects ENOSPC at the writer instead")
 def test_a_really_full_disk_stops_the_recording_with_an_error_and_the_stream_goes_on(tmp_path):
@@ -377,6 +379,7 @@ class FillingDisk:
         self.file.close()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("room", [3000, 20_000, 45_000, 70_001, 99_999])
 def test_a_recording_cut_short_by_a_full_disk_decodes_to_its_end(tmp_path, room):
     """The same, in-process and exact: the disk fills after `room` bytes, wherever that falls in
@@ -405,6 +408,7 @@ def test_a_recording_cut_short_by_a_full_disk_decodes_to_its_end(tmp_path, room)
 
 
 # -- (d) SIGTERM and Ctrl-C finish the recording ------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_sigterm_and_ctrl_c_shut_serve_down_cleanly_with_the_recording_finished(tmp_path, sig):
     import urllib.request
@@ -457,6 +461,7 @@ def test_sigterm_and_ctrl_c_shut_serve_down_cleanly_with_the_recording_finished(
 
 
 # -- (e) a port in use ------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_second_serve_on_the_same_port_fails_in_one_line(tmp_path):
     proc, url = start_server()
     try:
@@ -473,6 +478,7 @@ def test_a_second_serve_on_the_same_port_fails_in_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []          # it failed before touching anything
 
 
+@pytest.mark.integration
 def test_sigterm_while_the_llm_api_hangs_stops_at_once_and_cleanly(monkeypatch):
     """An enhancement waiting on an API that never answers does not hold up the shutdown, and
     leaves nothing behind it complains about (a pending task, an open HTTP session)."""

@@ -447,6 +447,7 @@ def draw_all() -> dict:
     return drafts
 
 
+@pytest.mark.integration
 def test_fuzz_every_control_path(fuzz_server):
     url, osc_port, reply_sock, drafts = fuzz_server
     dc, ws, prompts, commands, osc, offers = (drafts[k] for k in ("datachannel", "websocket", "/api/prompt",
@@ -652,6 +653,7 @@ def test_text_that_is_not_valid_unicode_is_refused_and_never_reaches_a_reply():
     encode(event, binary=False).encode("utf-8")
 
 
+@pytest.mark.integration
 def test_a_lone_surrogate_prompt_leaves_the_websockets_working():
     from test_whep import serving
 
@@ -684,6 +686,7 @@ def test_a_lone_surrogate_prompt_leaves_the_websockets_working():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_an_offer_aiortc_cannot_use_is_a_400_and_leaves_nothing_open():
     """Offers the fuzzing found (here: a page's offer with its `m=application` line cut out, and one whose
     first section lost its a=mid) made aiortc fail half way through answering, and then its own close()
@@ -724,6 +727,7 @@ def test_an_offer_aiortc_cannot_use_is_a_400_and_leaves_nothing_open():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_arming_or_firing_an_empty_cue_over_http_is_409_not_503():
     """The fuzzing found POST /api/command answering `arm`/`fire` of an empty cue with 503 and Retry-After,
     which tells a script the engine is busy and to try the same again: it is the cue bank's state (409)."""

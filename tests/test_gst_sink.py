@@ -93,6 +93,7 @@ def raw_frames(path: Path, width: int, height: int) -> np.ndarray:
 
 
 # -- every frame, exactly ---------------------------------------------------------------------------------
+@pytest.mark.integration
 @needs_gst
 def test_every_generated_frame_reaches_the_pipeline_in_order_byte_for_byte(tmp_path):
     out = tmp_path / "stream.rgb"
@@ -111,6 +112,7 @@ def test_every_generated_frame_reaches_the_pipeline_in_order_byte_for_byte(tmp_p
     assert rig.errors() == [] and no_sink_threads()
 
 
+@pytest.mark.integration
 @needs_gst
 def test_the_server_feeds_an_mp4_finalised_at_shutdown_with_exact_timing(tmp_path):
     """The app wiring: create_app(gst_sink=...) starts the sink with the stream, `/api/health`
@@ -155,6 +157,7 @@ def test_the_server_feeds_an_mp4_finalised_at_shutdown_with_exact_timing(tmp_pat
 
 
 # -- errors stop the sink, never the stream ------------------------------------------------------------------
+@pytest.mark.integration
 @needs_gst
 @pytest.mark.parametrize("pipeline, says", [
     ("filesink location=/nonexistent-folder/out.rgb", "Could not open file"),           # at start
@@ -175,6 +178,7 @@ def test_a_pipeline_failing_at_runtime_is_one_error_event_and_the_stream_goes_on
     assert rig.sink.stats()["error"] in errors[0] and no_sink_threads()
 
 
+@pytest.mark.integration
 @needs_gst
 def test_blocks_lost_to_a_full_queue_are_an_error_event(tmp_path):
     # sync=true: the sink plays frames at 16 fps of real time while the fake clock races ahead
@@ -208,6 +212,7 @@ def serve_once(capsys, monkeypatch, *argv: str) -> tuple[int, str]:
     return rc, capsys.readouterr().err
 
 
+@pytest.mark.integration
 @needs_gst
 @pytest.mark.parametrize("pipeline, says", [
     ("videoconvert ! nosuchelement", 'no element "nosuchelement"'),
@@ -223,6 +228,7 @@ def test_a_bad_pipeline_is_one_sentence_and_exit_2_before_the_model_loads(capsys
         check(pipeline)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("how", ["no-pygobject", "no-typelib"])
 def test_without_pygobject_or_gstreamer_one_sentence_names_what_to_install(capsys, monkeypatch, how):
     if how == "no-pygobject":

@@ -75,6 +75,7 @@ def test_a_token_bucket_spends_its_burst_and_refills_on_its_clock():
         RateLimit(0, 1)
 
 
+@pytest.mark.integration
 def test_a_flood_on_the_websocket_gets_errors_and_the_connection_is_kept(tmp_path):
     clock = Clock()
 
@@ -114,6 +115,7 @@ def test_a_flood_on_the_websocket_gets_errors_and_the_connection_is_kept(tmp_pat
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_http_commands_over_the_rate_get_429_and_change_nothing(tmp_path):
     clock = Clock()
 
@@ -136,6 +138,7 @@ def test_http_commands_over_the_rate_get_429_and_change_nothing(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_offers_over_the_rate_get_429_with_retry_after(tmp_path):
     clock = Clock()
 
@@ -164,6 +167,7 @@ def test_offers_over_the_rate_get_429_with_retry_after(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_osc_senders_are_limited_one_by_one():
     clock = Clock()
     dispatched = []
@@ -191,6 +195,7 @@ def test_osc_senders_are_limited_one_by_one():
     assert app[OSC].limit is not None and app[OSC].limit.rate == 7       # create_app wires it
 
 
+@pytest.mark.integration
 def test_a_prompt_is_at_most_2000_characters_on_every_path(tmp_path):
     async def main():
         async with serving(tmp_path) as (app, engine, url), aiohttp.ClientSession() as http:

@@ -16,6 +16,7 @@ import msgpack
 import numpy as np
 from aiohttp.test_utils import TestServer
 from aiortc.mediastreams import MediaStreamError
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.app import HUB, SESSIONS, create_app
@@ -123,6 +124,7 @@ async def serving():
         await app[SESSIONS].close_all()
 
 
+@pytest.mark.integration
 def test_a_viewers_rtp_timestamps_name_the_frames_it_decoded():
     async def main():
         async with serving() as (app, url, http):
@@ -138,6 +140,7 @@ def test_a_viewers_rtp_timestamps_name_the_frames_it_decoded():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_a_viewer_reports_what_it_shows_and_the_server_measures_and_exports_its_latency():
     async def main():
         async with serving() as (app, url, http):

@@ -10,6 +10,7 @@ import logging
 import time
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 
 from server.app import SESSIONS, create_app
@@ -57,6 +58,7 @@ async def next_of(ws, kind: str) -> dict:
     return await asyncio.wait_for(read(), DEADLINE_S)
 
 
+@pytest.mark.integration
 def test_without_the_performer_token_every_path_only_watches(caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -115,6 +117,7 @@ def test_without_the_performer_token_every_path_only_watches(caplog):
     assert PERFORMER_TOKEN not in caplog.text
 
 
+@pytest.mark.integration
 def test_with_a_viewer_token_watching_needs_a_token(caplog):
     caplog.set_level(logging.DEBUG)
 

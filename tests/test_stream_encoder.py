@@ -52,6 +52,7 @@ async def until(predicate, what: str, timeout: float = DEADLINE_S) -> None:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.integration
 def test_viewers_share_one_encoder_and_each_decodes_the_stream(monkeypatch):
     def per_viewer_encoding(self, frame, force_keyframe=False):
         raise AssertionError("a sender encoded a frame of its own")
@@ -93,6 +94,7 @@ def test_viewers_share_one_encoder_and_each_decodes_the_stream(monkeypatch):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_joins_and_picture_loss_cost_one_rate_limited_keyframe():
     async def main():
         engine = Engine(FakePipeline(size=(32, 16)), prompt="start", seed=3)

@@ -165,6 +165,7 @@ async def _differences(page, start: float, first: float = 1.0, last: float = 3.0
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.browser
 def test_switch_in_the_page_changes_the_picture(server):
     from playwright.async_api import async_playwright

@@ -212,6 +212,7 @@ def own_threads(h: dict) -> list[str]:
     return [t for t in h["threads"] if not t.startswith(("asyncio_", "ThreadPoolExecutor"))]
 
 
+@pytest.mark.integration
 def test_the_answer_offers_only_loopback_candidates(server):
     """Bound to 127.0.0.1, the server offers 127.0.0.1 and nothing else (aioice alone would
     offer every other address of the machine and leave 127.0.0.1 out)."""
@@ -245,6 +246,7 @@ def test_the_answer_offers_only_loopback_candidates(server):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_http_bodies_nested_too_deeply_get_400_and_one_sentence(server):
     async def main():
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -262,6 +264,7 @@ def test_http_bodies_nested_too_deeply_get_400_and_one_sentence(server):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_one_viewer_steers_the_stream_and_survives_garbage(server):
     async def main():
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -326,6 +329,7 @@ def test_one_viewer_steers_the_stream_and_survives_garbage(server):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_five_viewers_share_one_stream_and_leave_nothing_behind(server):
     async def main():
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
@@ -524,6 +528,7 @@ def test_ice_offers_the_bind_address_only_and_all_addresses_for_an_all_interface
         ice_host_addresses("localhost")
 
 
+@pytest.mark.integration
 def test_gathering_on_is_scoped_to_its_block_and_context():
     """Two peers gathering at once, each restricted to its own loopback address, get exactly
     theirs: the restriction belongs to the `with` block's context, not to the process."""

@@ -83,6 +83,7 @@ async def serving(**app_kw):
     return app, server, str(server.make_url("/whep"))
 
 
+@pytest.mark.integration
 def test_a_whep_player_receives_frames_and_delete_frees_its_session():
     async def main():
         app, server, endpoint = await serving()
@@ -109,6 +110,7 @@ def test_a_whep_player_receives_frames_and_delete_frees_its_session():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_whep_refusals_preflight_and_ice_server_links():
     async def main():
         app, server, endpoint = await serving(media=MediaOptions(ice_servers=("stun:stun.example.org:3478",)))
@@ -166,6 +168,7 @@ def webrtcbin_missing() -> str | None:
     return None
 
 
+@pytest.mark.integration
 def test_gstreamer_webrtcbin_plays_the_whep_stream(tmp_path):
     """webrtcbin (libnice) gathers on every interface but loopback ones, so server and player run
     inside a network namespace made here: lo plus a veth holding 127.0.0.2, the address both

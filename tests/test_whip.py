@@ -195,6 +195,7 @@ def whip_lines(caplog, level: int = logging.WARNING) -> list[str]:
 
 
 # -- the unit tests ----------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_publish_posts_a_complete_sdp_offer_with_the_bearer_token_and_deletes_on_stop(caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -232,6 +233,7 @@ def test_publish_posts_a_complete_sdp_offer_with_the_bearer_token_and_deletes_on
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_refusals_and_a_dead_endpoint_are_one_line_each_and_retried_with_back_off(caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -269,6 +271,7 @@ def test_refusals_and_a_dead_endpoint_are_one_line_each_and_retried_with_back_of
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_a_lost_connection_is_torn_down_and_published_again(caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -295,6 +298,7 @@ def test_a_lost_connection_is_torn_down_and_published_again(caplog):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_the_app_publishes_from_startup_and_deletes_before_the_engine_stops(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
 
@@ -366,6 +370,7 @@ def janus_missing() -> str | None:
     return None
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_whip_into_janus_fans_out_reconnects_and_deletes(tmp_path):
     why = janus_missing()
