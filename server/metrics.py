@@ -8,13 +8,19 @@ under the new prompt generated) and the re-cache time of that block; prompt-to-p
 by the viewers' reports (server.media.photon): command received -> the new prompt on a viewer's
 screen, as a histogram over all viewers and the latest per viewer connected now.
 
+The names follow Prometheus's conventions, which `promtool check metrics` enforces (tests/
+test_metrics.py runs it): durations in seconds, the base unit, with the unit last in the name
+(`_seconds`), counters ending in `_total`. Renamed in 0.1 without aliases (pre-1.0):
+longlive_block_milliseconds -> longlive_block_seconds, longlive_encoder_milliseconds_per_frame ->
+longlive_encoder_frame_seconds, longlive_{generated,playback}_fps -> ..._frames_per_second.
+
     longlive_frames_generated_total, longlive_blocks_generated_total   counters
-    longlive_generated_fps, longlive_playback_fps                      frames per second (last stats)
-    longlive_block_milliseconds{part="dit"|"decode"}                   the last block
+    longlive_generated_frames_per_second, longlive_playback_frames_per_second   (last stats)
+    longlive_block_seconds{part="dit"|"decode"}                        the last block
     longlive_switch_latency_seconds, longlive_recache_seconds          histograms
     longlive_prompt_to_photon_seconds                                  histogram, every viewer's reports
     longlive_viewer_prompt_to_photon_seconds{viewer=N}                 the latest, per viewer connected
-    longlive_encoder_milliseconds_per_frame                            the shared encoder, mean
+    longlive_encoder_frame_seconds                                     the shared encoder, mean per frame
     longlive_encoder_frames_total, longlive_encoder_keyframes_total, longlive_encoder_bytes_total
     longlive_frame_bus_buffered_frames, longlive_frame_bus_capacity_frames
     longlive_viewers{kind="page"|"whep"|"whip"|"gstreamer"}, longlive_controllers
@@ -84,21 +90,23 @@ class _Figures:
         stats = m.hub._last_stats
         yield _counter("longlive_frames_generated", "Video frames generated since the server started", bus.next_seq)
         yield _counter("longlive_blocks_generated", "Generator blocks made since the server started", state.blocks)
-        yield _gauge("longlive_generated_fps", "Frames the engine published per second (a few seconds' window)",
+        yield _gauge("longlive_generated_frames_per_second",
+                     "Frames the engine published per second (a few seconds' window)",
                      (stats.generated_fps or 0.0) if stats else 0.0)
-        yield _gauge("longlive_playback_fps", "How fast the playhead moved over the last second",
-                     stats.fps if stats else 0.0)
-        block = GaugeMetricFamily("longlive_block_milliseconds", "The last block's time, by part", labels=["part"])
-        block.add_metric(["dit"], timing.dit_ms)
-        block.add_metric(["decode"], timing.decode_ms)
+        yield _gauge("longlive_playback_frames_per_second", "How fast the playhead moved over the last second, "
+                     "in frames per second", stats.fps if stats else 0.0)
+        block = GaugeMetricFamily("longlive_block_seconds", "The last block's time in seconds, by part",
+                                  labels=["part"])
+        block.add_metric(["dit"], timing.dit_ms / 1e3)
+        block.add_metric(["decode"], timing.decode_ms / 1e3)
         yield block
         yield _gauge("longlive_frame_bus_buffered_frames", "Frames generated but not yet played", bus.ahead())
         yield _gauge("longlive_frame_bus_capacity_frames", "Frames the bus ring holds", bus.capacity)
         encoder = getattr(m.sessions, "encoder", None)
         if encoder is not None:
             e = encoder.stats()
-            yield _gauge("longlive_encoder_milliseconds_per_frame", "Encoding one frame, mean, in the shared encoder",
-                         e["encode_ms"])
+            yield _gauge("longlive_encoder_frame_seconds", "Encoding one frame in the shared encoder, mean, in seconds",
+                         e["encode_ms"] / 1e3)
             yield _counter("longlive_encoder_frames", "Frames the shared encoder encoded (once for every viewer)",
                            e["frames"])
             yield _counter("longlive_encoder_keyframes", "Keyframes the shared encoder made", e["keyframes"])
