@@ -273,7 +273,7 @@ export function showRecordingLinks(rec) {
 }
 
 // -- timeline -------------------------------------------------------------------------------------------
-const TIMELINE_HINT = "a Scope v2.0 timeline (.json) or a recording's .timeline.json";
+const TIMELINE_HINT = "a Scope workflow (.scope-workflow.json) or timeline (.json), or a recording's .timeline.json";
 
 /** Whether a timeline plays (state.timeline), and which segment of it; `name`: its file, when this page sent it. */
 export function showTimeline(timeline, name) {

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ import yaml
 
 from streaming.errors import UserError, one_line
 
-from .timeline import Timeline, TimelineError
+from .timeline import Timeline, TimelineError, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
         raise PlanError(f"cannot write {output}: folder {output.parent} does not exist")
     enhancer = PromptEnhancer(EnhancerConfig.load())
     timeline = plan(args.story, args.seconds, args.segments, enhancer, PlannerConfig.load(), args.seed)
+    timeline = replace(timeline, exported_at=utc_now())   # stamped as Scope stamps its exports
     timeline.save(output)
     print(f"wrote {output}: {len(timeline.segments)} segments over {timeline.duration:g} s")
     for seg in timeline.segments:

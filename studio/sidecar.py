@@ -1,7 +1,8 @@
 """The timeline beside a video: what made each of its blocks, so it can be made again.
 
 A recording (and a render) writes, next to its video, a Scope v2.0 timeline whose segments
-are the prompts as they played, plus our own fields under "longlive":
+are the prompts as they played, stamped "exportedAt" (ISO 8601 UTC, as Scope stamps its exports:
+when the file was written), plus our own fields under "longlive":
 
     {"format": 1, "config": "tiny", "weights": "embedded" | folder name, "fps": 16,
      "latent_frames_per_block": 3, "width": 320, "height": 192,
@@ -33,7 +34,7 @@ import numpy as np
 from streaming.blend import Blend
 
 from .lineage import Lineage, LineageError, Run, prompt_wire, transition_wire
-from .timeline import Segment, Settings, Timeline, TimelineError, Transition, WeightedPrompt
+from .timeline import Segment, Settings, Timeline, TimelineError, Transition, WeightedPrompt, utc_now
 
 FORMAT = 1
 HASH_CHARS = 24
@@ -118,9 +119,9 @@ class SidecarBuilder:
         self.events.append({"kind": "dropped", "block": len(self.blocks), "time": round(self.seconds, 6),
                             "blocks": int(blocks)})
 
-    def timeline(self) -> Timeline:
+    def timeline(self, exported_at: str | None = None) -> Timeline:
         """The video so far as a timeline (segments: the prompts and blends as they played, and
-        the transitions they glided in with)."""
+        the transitions they glided in with), stamped exportedAt (default: now, as Scope writes it)."""
         src = self.source
         segments: list[Segment] = []
         starts = [e for e in self.events if "prompt" in e]
@@ -139,7 +140,7 @@ class SidecarBuilder:
                 "runs": [r.to_wire() for r in self.runs], "blocks": list(self.blocks), "events": list(self.events)}
         settings = Settings(pipeline="longlive", width=src.width, height=src.height, seed=src.seed,
                             denoising_steps=tuple(src.denoising_steps))
-        return Timeline(tuple(segments), settings, longlive=ours)
+        return Timeline(tuple(segments), settings, exported_at=exported_at or utc_now(), longlive=ours)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Timelines: prompts laid out in time, read from and written as Daydream Scope's format (v2.x).
+"""Timelines: prompts laid out in time, read from Daydream Scope's exports and written as Scope v2.x.
 
 One model for recording, playback, render and rewind. A `Timeline` is a list of `Segment`s
 (a time span and its weighted prompts), the `Settings` the video was made with, and whatever
@@ -7,7 +7,11 @@ and raises `TimelineError`, one sentence naming the field's path
 ("prompts[1].prompts[0].weight must be a number, not a string"). The dataclasses themselves
 do not validate; code that builds them gives valid values.
 
-Field mapping (Scope JSON -> here):
+Two forms are read: Scope's v2.x timeline (below), and the timeline inside a Scope workflow
+(`*.scope-workflow.json`, `"format": "scope-workflow"`, the only form Scope exports since March
+2026; see "Scope workflows" below). Both give the same model; `to_scope` writes v2.0.
+
+Field mapping (Scope v2.x JSON -> here):
 
     prompts[i]                          -> Timeline.segments[i] (sorted by startTime)
       startTime, endTime (seconds)      -> Segment.start, Segment.end
@@ -28,6 +32,34 @@ What is dropped: unknown keys inside a prompt item ({text, weight} only) and ins
 settings.resolution. Every unknown key kept or dropped, a missing version and a reordering of
 the segments is reported in `Timeline.notes` (not part of equality, never exported).
 
+Scope workflows (format_version 1.x; `from_scope` tells them by "format": "scope-workflow"):
+
+    timeline.entries[i]                 -> Timeline.segments[i] (sorted by start_time)
+      start_time, end_time (seconds)    -> Segment.start, Segment.end
+      prompts[j] {text, weight=1}       -> Segment.prompts[j] (1 is the weight Scope's schema
+                                           defaults to; Scope writes it, usually 100)
+      transition_steps, temporal_interpolation_method (null: absent) -> Segment.transition
+    pipelines[m]: the one with role "main", else the first (as Scope picks it)
+      pipeline_id                       -> Settings.pipeline
+      params.height, params.width       -> Settings.height, Settings.width
+      params.base_seed                  -> Settings.seed (LongLive's seed field in Scope)
+      params.denoising_step_list        -> Settings.denoising_steps
+      every other param                 -> Settings.extra, verbatim under its own (snake_case) name
+    metadata.created_at                 -> Timeline.exported_at
+
+A workflow without a timeline (missing or null: Scope writes null when its timeline is empty) is
+a TimelineError. Not read, as they describe the file or Scope's own setup rather than the video:
+format_version, metadata.name and scope_version, min_scope_version, a pipeline's
+pipeline_version, source and role, and the prompt box's state (top-level prompts,
+interpolation_method, transition_steps, temporal_interpolation_method; with a timeline, Scope
+also starts from its first entry). Settings that would change the video but that LongLive here
+does not use (the other pipelines, the main pipeline's loras, graph, nodes) are dropped. Unknown
+keys of an entry are kept (`Segment.extra`) and unknown top-level keys (`Timeline.extra`); unknown
+keys of a prompt, of timeline, metadata and the main pipeline are dropped; each is noted.
+
+Settings LongLive does not use, of either form, are named in ONE note: the pipeline when it is
+not LongLive, the settings kept but unused, the parts dropped.
+
 Whole numbers (seed, sizes, steps) may be written as 480 or 480.0 (JavaScript has one number
 type) but not 13.5. Prompt texts are stored stripped. On export, integral floats are written
 as integers, as Scope's JavaScript would. `BlockClock` maps seconds to the generator's blocks.
@@ -42,6 +74,7 @@ import os
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +88,34 @@ MAX_NESTING = 100                 # levels of lists/objects inside a kept unknow
 OVERLAP_TOLERANCE = 1e-6          # seconds a segment may start before the previous one ends
 METHODS = ("linear", "slerp")
 
-_SEGMENT_KEYS = {"startTime", "endTime", "prompts", "transitionSteps", "temporalInterpolationMethod"}
+WORKFLOW_FORMAT = "scope-workflow"   # the "format" of a Scope workflow file (*.scope-workflow.json)
+
 _SETTINGS_KEYS = {"pipelineId", "resolution", "seed", "denoisingSteps"}
 _TOP_KEYS = {"prompts", "settings", "version", "exportedAt", "longlive"}
+_WORKFLOW_TOP_KEYS = {"format", "format_version", "metadata", "pipelines", "nodes", "timeline", "min_scope_version",
+                      "prompts", "interpolation_method", "transition_steps", "temporal_interpolation_method", "graph"}
+_WORKFLOW_METADATA_KEYS = {"name", "created_at", "scope_version"}
+_WORKFLOW_PIPELINE_KEYS = {"pipeline_id", "pipeline_version", "source", "loras", "params", "role"}
+_WORKFLOW_PARAMS = {"height", "width", "base_seed", "denoising_step_list"}   # those LongLive uses
+
+
+@dataclass(frozen=True)
+class _Form:
+    """The key names of a segment in one of the two forms Scope writes."""
+    start: str
+    end: str
+    steps: str
+    method: str
+    default_weight: float
+    null_is_absent: bool    # a null transition field reads as no field
+
+    @property
+    def keys(self) -> set[str]:
+        return {self.start, self.end, "prompts", self.steps, self.method}
+
+
+_V2 = _Form("startTime", "endTime", "transitionSteps", "temporalInterpolationMethod", 100.0, False)
+_WORKFLOW = _Form("start_time", "end_time", "transition_steps", "temporal_interpolation_method", 1.0, True)
 
 
 class TimelineError(UserError, ValueError):
@@ -196,9 +254,16 @@ class Timeline:
 
     @classmethod
     def from_scope(cls, obj: Any) -> Timeline:
-        """A parsed JSON value (Scope's timeline shape) -> Timeline; anything wrong -> TimelineError."""
+        """A parsed JSON value (a Scope v2.x timeline or a Scope workflow) -> Timeline;
+        anything wrong -> TimelineError."""
         if not isinstance(obj, dict):
             raise TimelineError(f"a timeline must be a JSON object, not {_kind(obj)}")
+        if obj.get("format") == WORKFLOW_FORMAT:
+            return cls._from_workflow(obj)
+        if "format" in obj and "prompts" not in obj:
+            shown = json.dumps(obj["format"]) if isinstance(obj["format"], str) else _kind(obj["format"])
+            raise TimelineError(f'format {shown} is not supported; this reads Scope timelines (version 2.x) '
+                                f'and Scope workflows ("format": "{WORKFLOW_FORMAT}")')
         notes: list[str] = []
         if "version" in obj:
             version = obj["version"]
@@ -212,19 +277,7 @@ class Timeline:
             notes.append("no version field; read as 2.0")
         if "prompts" not in obj:
             raise TimelineError("prompts is missing: a timeline lists its segments under prompts")
-        raw = obj["prompts"]
-        if not isinstance(raw, list):
-            raise TimelineError(f"prompts must be a list of segments, not {_kind(raw)}")
-        if not raw:
-            raise TimelineError("prompts must list at least one segment")
-        indexed = [(i, _segment(item, f"prompts[{i}]", notes)) for i, item in enumerate(raw)]
-        ordered = sorted(indexed, key=lambda pair: pair[1].start)
-        if [i for i, _ in ordered] != list(range(len(ordered))):
-            notes.append("segments were not in time order; sorted them by startTime")
-        for (i, prev), (j, seg) in zip(ordered, ordered[1:]):
-            if seg.start < prev.end - OVERLAP_TOLERANCE:
-                raise TimelineError(f"prompts[{j}].startTime {_num(seg.start)} is before the end "
-                                    f"of prompts[{i}] ({_num(prev.end)})")
+        segments = _segments(obj["prompts"], "prompts", _V2, notes)
         settings = _settings(obj["settings"], notes) if "settings" in obj else Settings(pipeline=None)
         exported_at = obj.get("exportedAt")
         if "exportedAt" in obj and not isinstance(exported_at, str):
@@ -239,8 +292,48 @@ class Timeline:
             if key not in _TOP_KEYS:
                 extra[key] = _json_copy(obj[key], _join("", key))
                 notes.append(f"kept unknown field {_join('', key)}")
-        return cls(tuple(seg for _, seg in ordered), settings, version, exported_at, longlive,
-                   extra, tuple(notes))
+        return cls(segments, settings, version, exported_at, longlive, extra, tuple(notes))
+
+    @classmethod
+    def _from_workflow(cls, obj: dict[str, Any]) -> Timeline:
+        """A Scope workflow ("format": "scope-workflow") -> its timeline, with the main pipeline's settings."""
+        notes: list[str] = []
+        if "format_version" in obj:
+            version = obj["format_version"]
+            if not isinstance(version, str):
+                raise TimelineError(f'format_version must be a string such as "1.0", not {_kind(version)}')
+            if version.split(".")[0] != "1":
+                raise TimelineError(f"format_version {version} is not supported; "
+                                    "this reads Scope workflows of format_version 1.x")
+        else:
+            notes.append("no format_version field; read as 1.0")
+        timeline = obj.get("timeline")
+        if timeline is None:
+            raise TimelineError("this Scope workflow has no timeline (timeline is missing or null); "
+                                "export it from Scope with prompts on its timeline")
+        if not isinstance(timeline, dict):
+            raise TimelineError(f"timeline must be an object with entries, not {_kind(timeline)}")
+        if "entries" not in timeline:
+            raise TimelineError("timeline.entries is missing: a workflow's timeline lists its segments under entries")
+        segments = _segments(timeline["entries"], "timeline.entries", _WORKFLOW, notes)
+        notes.extend(f"ignored unknown field timeline.{k}" for k in timeline if k != "entries")
+        exported_at = None
+        if "metadata" in obj:
+            meta = obj["metadata"]
+            if not isinstance(meta, dict):
+                raise TimelineError(f"metadata must be an object, not {_kind(meta)}")
+            if "created_at" in meta:
+                exported_at = meta["created_at"]
+                if not isinstance(exported_at, str):
+                    raise TimelineError(f"metadata.created_at must be a string, not {_kind(exported_at)}")
+            notes.extend(f"ignored unknown field metadata.{k}" for k in meta if k not in _WORKFLOW_METADATA_KEYS)
+        settings = _workflow_settings(obj, notes)
+        extra = {}
+        for key in obj:
+            if key not in _WORKFLOW_TOP_KEYS:
+                extra[key] = _json_copy(obj[key], _join("", key))
+                notes.append(f"kept unknown field {_join('', key)}")
+        return cls(segments, settings, "2.0", exported_at, None, extra, tuple(notes))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Timeline:
@@ -414,43 +507,61 @@ def _whole(value: Any, path: str, low: int, high: int | None = None) -> int:
     return value
 
 
-def _segment(obj: Any, path: str, notes: list[str]) -> Segment:
+def _segments(raw: Any, path: str, form: _Form, notes: list[str]) -> tuple[Segment, ...]:
+    """The list of segments at `path` (v2.x "prompts", a workflow's "timeline.entries"), in time order."""
+    if not isinstance(raw, list):
+        raise TimelineError(f"{path} must be a list of segments, not {_kind(raw)}")
+    if not raw:
+        raise TimelineError(f"{path} must list at least one segment")
+    indexed = [(i, _segment(item, f"{path}[{i}]", form, notes)) for i, item in enumerate(raw)]
+    ordered = sorted(indexed, key=lambda pair: pair[1].start)
+    if [i for i, _ in ordered] != list(range(len(ordered))):
+        notes.append(f"segments were not in time order; sorted them by {form.start}")
+    for (i, prev), (j, seg) in zip(ordered, ordered[1:]):
+        if seg.start < prev.end - OVERLAP_TOLERANCE:
+            raise TimelineError(f"{path}[{j}].{form.start} {_num(seg.start)} is before the end "
+                                f"of {path}[{i}] ({_num(prev.end)})")
+    return tuple(seg for _, seg in ordered)
+
+
+def _segment(obj: Any, path: str, form: _Form, notes: list[str]) -> Segment:
     if not isinstance(obj, dict):
         raise TimelineError(f"{path} must be an object, not {_kind(obj)}")
-    for key in ("startTime", "endTime", "prompts"):
+    for key in (form.start, form.end, "prompts"):
         if key not in obj:
             raise TimelineError(f"{path}.{key} is missing")
-    start = _number(obj["startTime"], f"{path}.startTime")
-    end = _number(obj["endTime"], f"{path}.endTime")
+    start = _number(obj[form.start], f"{path}.{form.start}")
+    end = _number(obj[form.end], f"{path}.{form.end}")
     if start < 0:
-        raise TimelineError(f"{path}.startTime must not be negative, not {_num(start)}")
+        raise TimelineError(f"{path}.{form.start} must not be negative, not {_num(start)}")
     if end <= start:
-        raise TimelineError(f"{path}.endTime {_num(end)} must be after startTime {_num(start)}")
+        raise TimelineError(f"{path}.{form.end} {_num(end)} must be after {form.start} {_num(start)}")
     items = obj["prompts"]
     if not isinstance(items, list):
         raise TimelineError(f"{path}.prompts must be a list, not {_kind(items)}")
     if not items:
         raise TimelineError(f"{path}.prompts must list at least one prompt")
-    prompts = tuple(_prompt(item, f"{path}.prompts[{j}]", notes) for j, item in enumerate(items))
+    prompts = tuple(_prompt(item, f"{path}.prompts[{j}]", notes, form.default_weight) for j, item in enumerate(items))
     if sum(p.weight for p in prompts) <= 0:
         raise TimelineError(f"{path}.prompts: the weights add up to 0; give at least one prompt a weight above 0")
+    given = {k for k in (form.steps, form.method) if k in obj and not (form.null_is_absent and obj[k] is None)}
     transition = None
-    if "transitionSteps" in obj or "temporalInterpolationMethod" in obj:
-        blocks = _whole(obj["transitionSteps"], f"{path}.transitionSteps", 0) if "transitionSteps" in obj else 0
-        method = obj.get("temporalInterpolationMethod", "linear")
+    if given:
+        blocks = _whole(obj[form.steps], f"{path}.{form.steps}", 0) if form.steps in given else 0
+        method = obj[form.method] if form.method in given else "linear"
         if method not in METHODS:
             shown = json.dumps(method) if isinstance(method, str) else _kind(method)
-            raise TimelineError(f'{path}.temporalInterpolationMethod must be "linear" or "slerp", not {shown}')
+            raise TimelineError(f'{path}.{form.method} must be "linear" or "slerp", not {shown}')
         transition = Transition(blocks, method)
     extra = {}
     for key in obj:
-        if key not in _SEGMENT_KEYS:
+        if key not in form.keys:
             extra[key] = _json_copy(obj[key], _join(path, key))
             notes.append(f"kept unknown field {_join(path, key)}")
     return Segment(start, end, prompts, transition, extra)
 
 
-def _prompt(obj: Any, path: str, notes: list[str]) -> WeightedPrompt:
+def _prompt(obj: Any, path: str, notes: list[str], default_weight: float = 100.0) -> WeightedPrompt:
     if not isinstance(obj, dict):
         raise TimelineError(f"{path} must be an object with text and weight, not {_kind(obj)}")
     if "text" not in obj:
@@ -463,7 +574,7 @@ def _prompt(obj: Any, path: str, notes: list[str]) -> WeightedPrompt:
         raise TimelineError(f"{path}.text is empty")
     if len(text) > MAX_TEXT_CHARS:
         raise TimelineError(f"{path}.text has {len(text)} characters; at most {MAX_TEXT_CHARS} are allowed")
-    weight = _number(obj["weight"], f"{path}.weight") if "weight" in obj else 100.0
+    weight = _number(obj["weight"], f"{path}.weight") if "weight" in obj else default_weight
     if weight < 0:
         raise TimelineError(f"{path}.weight must not be negative, not {_num(weight)}")
     notes.extend(f"ignored unknown field {_join(path, key)}" for key in obj if key not in ("text", "weight"))
@@ -474,11 +585,8 @@ def _settings(obj: Any, notes: list[str]) -> Settings:
     if not isinstance(obj, dict):
         raise TimelineError(f"settings must be an object, not {_kind(obj)}")
     pipeline = obj.get("pipelineId")
-    if "pipelineId" in obj:
-        if not isinstance(pipeline, str):
-            raise TimelineError(f"settings.pipelineId must be a string, not {_kind(pipeline)}")
-        if pipeline != "longlive":
-            notes.append(f"settings.pipelineId is {pipeline!r}; the prompts play on LongLive all the same")
+    if "pipelineId" in obj and not isinstance(pipeline, str):
+        raise TimelineError(f"settings.pipelineId must be a string, not {_kind(pipeline)}")
     width = height = None
     if "resolution" in obj:
         res = obj["resolution"]
@@ -491,21 +599,80 @@ def _settings(obj: Any, notes: list[str]) -> Settings:
         width = _whole(res["width"], "settings.resolution.width", 1)
         notes.extend(f"ignored unknown field settings.resolution.{k}" for k in res if k not in ("height", "width"))
     seed = _whole(obj["seed"], "settings.seed", 0, SEED_MAX) if "seed" in obj else None
-    steps = None
-    if "denoisingSteps" in obj:
-        raw = obj["denoisingSteps"]
-        if not isinstance(raw, list) or not raw:
-            raise TimelineError(f"settings.denoisingSteps must be a non-empty list of whole numbers, "
-                                f"not {'an empty list' if raw == [] else _kind(raw)}")
-        steps = tuple(_whole(v, f"settings.denoisingSteps[{i}]", 1, 1000) for i, v in enumerate(raw))
-        for i in range(1, len(steps)):
-            if steps[i] >= steps[i - 1]:
-                raise TimelineError(f"settings.denoisingSteps must be strictly decreasing, but "
-                                    f"[{i}] = {steps[i]} follows {steps[i - 1]}")
+    steps = _denoising_steps(obj["denoisingSteps"], "settings.denoisingSteps") if "denoisingSteps" in obj else None
     extra = {k: _json_copy(v, f"settings.{k}") for k, v in obj.items() if k not in _SETTINGS_KEYS}
-    if extra:
-        notes.append(f"kept settings {', '.join(extra)} as they are; LongLive does not use them")
+    _note_settings(notes, "settings.pipelineId", pipeline, list(extra), [])
     return Settings(pipeline, width, height, seed, steps, extra)
+
+
+def _denoising_steps(raw: Any, path: str) -> tuple[int, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise TimelineError(f"{path} must be a non-empty list of whole numbers, "
+                            f"not {'an empty list' if raw == [] else _kind(raw)}")
+    steps = tuple(_whole(v, f"{path}[{i}]", 1, 1000) for i, v in enumerate(raw))
+    for i in range(1, len(steps)):
+        if steps[i] >= steps[i - 1]:
+            raise TimelineError(f"{path} must be strictly decreasing, but [{i}] = {steps[i]} follows {steps[i - 1]}")
+    return steps
+
+
+def _workflow_settings(obj: dict[str, Any], notes: list[str]) -> Settings:
+    """The main pipeline of a workflow as Settings; what LongLive does not use goes into one note."""
+    dropped = [key for key in ("graph", "nodes") if obj.get(key) not in (None, [], {})]
+    pipelines = obj.get("pipelines")
+    if pipelines is None:
+        _note_settings(notes, "", None, [], dropped)
+        return Settings(pipeline=None)
+    if not isinstance(pipelines, list):
+        raise TimelineError(f"pipelines must be a list of pipelines, not {_kind(pipelines)}")
+    for i, p in enumerate(pipelines):
+        if not isinstance(p, dict):
+            raise TimelineError(f"pipelines[{i}] must be an object, not {_kind(p)}")
+        if "pipeline_id" not in p:
+            raise TimelineError(f"pipelines[{i}].pipeline_id is missing")
+        if not isinstance(p["pipeline_id"], str):
+            raise TimelineError(f"pipelines[{i}].pipeline_id must be a string, not {_kind(p['pipeline_id'])}")
+    if not pipelines:
+        _note_settings(notes, "", None, [], dropped)
+        return Settings(pipeline=None)
+    main = next((i for i, p in enumerate(pipelines) if p.get("role") == "main"), 0)
+    dropped[:0] = [f"pipelines[{i}] ({p['pipeline_id']})" for i, p in enumerate(pipelines) if i != main]
+    path, pipe = f"pipelines[{main}]", pipelines[main]
+    notes.extend(f"ignored unknown field {path}.{k}" for k in pipe if k not in _WORKFLOW_PIPELINE_KEYS)
+    if pipe.get("loras") not in (None, []):
+        dropped.insert(0, f"{path}.loras")
+    params = pipe.get("params")
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise TimelineError(f"{path}.params must be an object, not {_kind(params)}")
+    width = height = None
+    if "height" in params or "width" in params:
+        for key in ("height", "width"):
+            if key not in params:
+                raise TimelineError(f"{path}.params.{key} is missing; a frame size needs both height and width")
+        height = _whole(params["height"], f"{path}.params.height", 1)
+        width = _whole(params["width"], f"{path}.params.width", 1)
+    seed = _whole(params["base_seed"], f"{path}.params.base_seed", 0, SEED_MAX) if "base_seed" in params else None
+    steps = (_denoising_steps(params["denoising_step_list"], f"{path}.params.denoising_step_list")
+             if "denoising_step_list" in params else None)
+    extra = {k: _json_copy(v, f"{path}.params.{k}") for k, v in params.items() if k not in _WORKFLOW_PARAMS}
+    _note_settings(notes, f"{path}.pipeline_id", pipe["pipeline_id"], list(extra), dropped)
+    return Settings(pipe["pipeline_id"], width, height, seed, steps, extra)
+
+
+def _note_settings(notes: list[str], where: str, pipeline: str | None, kept: list[str], dropped: list[str]) -> None:
+    """One note, if any, for all the settings LongLive does not use: another pipeline (named at
+    `where`), settings kept as they are, parts of the file dropped."""
+    parts = []
+    if pipeline is not None and pipeline != "longlive":
+        parts.append(f"{where} is {pipeline!r}; the prompts play on LongLive all the same")
+    if kept:
+        parts.append(f"kept settings {', '.join(kept)} as they are; LongLive does not use them")
+    if dropped:
+        parts.append(f"ignored {', '.join(dropped)}; LongLive plays the timeline without them")
+    if parts:
+        notes.append("; ".join(parts))
 
 
 def _json_copy(value: Any, path: str, depth: int = 0) -> Any:
@@ -566,6 +733,12 @@ def _settings_out(s: Settings) -> dict[str, Any]:
         out["denoisingSteps"] = list(s.denoising_steps)
     _add_extra(out, s.extra, "settings")
     return out
+
+
+def utc_now() -> str:
+    """Now, as Scope writes exportedAt: ISO 8601 in UTC to the millisecond ("2025-10-27T15:51:04.242Z",
+    JavaScript's toISOString)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _umask() -> int:

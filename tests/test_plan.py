@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -109,14 +110,15 @@ def test_the_plan_command_writes_a_timeline_that_renders(tmp_path):
         env = {**os.environ, "ANTHROPIC_API_KEY": KEY, "ANTHROPIC_BASE_URL": api.url, "LONGLIVE_WEIGHTS": "",
                "PYTHONPATH": str(REPO)}
         done = subprocess.run([sys.executable, "-m", "longlive", "plan", "a kite", "--seconds", "4", "--segments", "2",
-                               "-o", "t.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                               "-o", "t.json"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "wrote t.json: 2 segments over 4 s" in done.stdout
     assert KEY not in done.stdout + done.stderr
     t = Timeline.load(tmp_path / "t.json")
     assert [s.main_prompt().text for s in t.segments] == ["the red kite, shot 0", "the red kite, shot 1"]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", t.exported_at)   # as Scope stamps exportedAt
     rendered = subprocess.run([sys.executable, "-m", "longlive", "render", "t.json", "--resolution", "64x48"],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert rendered.returncode == 0, rendered.stderr
     assert json.loads((tmp_path / "t.render.timeline.json").read_text())["prompts"][1]["prompts"][0]["text"] == \
         "the red kite, shot 1"

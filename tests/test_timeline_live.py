@@ -81,3 +81,23 @@ def test_stop_and_a_sent_prompt_return_to_manual_control():
     assert any(e.message == "the timeline stopped (a prompt was sent); back to manual control"
                for e in events if isinstance(e, Notice))
     assert blocks_called(pipe)[-1].endswith(":mine")
+
+
+def test_a_workflow_from_another_pipeline_plays_and_says_once_what_is_not_used():
+    """A Scope workflow file (since March 2026 Scope's only export) plays live like its v2.0 twin, and the
+    settings LongLive does not use reach the user once, as a notice with the command's id."""
+    from test_timeline_workflow import workflow_of
+
+    workflow = workflow_of({**SCOPE, "settings": {"pipelineId": "streamdiffusionv2", "seed": 42}})
+    engine, pipe, clock = make_engine()
+    events: list = []
+    engine.emit = events.append
+    run_until_idle(engine)
+    engine.submit(read_command('{"type": "timeline", "id": "w", "timeline": %s}' % __import__("json").dumps(workflow)))
+    pipe.calls.clear()
+    play(engine, clock, 5)
+    calls = [c for c in pipe.calls if not c.startswith("fail")]
+    assert calls[:3] == ["start:dawn:42", "block:0:dawn", "block:1:dawn"]
+    notices = [(e.id, e.message) for e in events if isinstance(e, Notice)]
+    unused = [n for n in notices if "streamdiffusionv2" in n[1]]
+    assert len(unused) == 1 and unused[0][0] == "w" and unused[0][1].startswith("timeline: "), notices
