@@ -1,5 +1,6 @@
 # The two commands: `make serve` (set up, then serve the embedded default) and
-# `make test` (set up everything from nothing, then run the whole suite).
+# `make test` (set up everything from nothing, then run the whole suite). For contributors,
+# `make check`: the fast tier (every unit test; no servers, browser, Janus, GStreamer or soak).
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -14,14 +15,21 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 ARGS ?=
 
-.PHONY: serve test setup setup-test client browser janus gst-webrtc gstreamer bench clean
+.PHONY: serve test check setup setup-test client browser janus gst-webrtc gstreamer promtool bench clean
 
+# LONGLIVE_VIA_MAKE: the server's advice then says PORT= where the CLI's says --port
 serve: setup client
-	$(VENV)/bin/longlive serve --host $(HOST) --port $(PORT) $(ARGS)
+	LONGLIVE_VIA_MAKE=1 $(VENV)/bin/longlive serve --host $(HOST) --port $(PORT) $(ARGS)
 
-test: setup-test client browser janus gst-webrtc gstreamer
+test: setup-test client browser janus gst-webrtc gstreamer promtool
 	LONGLIVE_REQUIRE_BROWSER=1 LONGLIVE_REQUIRE_JANUS=1 LONGLIVE_REQUIRE_WEBRTCBIN=1 LONGLIVE_REQUIRE_GSTREAMER=1 \
+	  LONGLIVE_REQUIRE_PROMTOOL=1 \
 	  $(PY) -m pytest $(ARGS)
+
+# the fast tier: tests marked `integration` or `browser` are left out, and tests/conftest.py fails
+# any test of this tier that starts a server (so a test that should be marked is)
+check: setup-test client
+	LONGLIVE_FAST_TIER=1 $(PY) -m pytest -m "not integration and not browser" $(ARGS)
 
 bench: setup
 	$(VENV)/bin/longlive bench $(ARGS)
@@ -108,6 +116,19 @@ gstreamer: setup
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq -o DPkg::Lock::Timeout=300 \
 	  $(GST_PACKAGES) >/dev/null; }
 	@$(PY) -c 'import gi' 2>/dev/null || $(PIP) install "PyGObject<3.51"
+
+# Prometheus's promtool (Debian's prometheus package; Debian 12 has no smaller one) for the
+# `promtool check metrics` test of GET /metrics. Only the tool is wanted: the package's postinst
+# enables a Prometheus server on :9090 and starts it where it can (under systemd, or sysvinit
+# without a policy-rc.d that forbids it), so stop and disable it; --no-install-recommends keeps
+# out prometheus-node-exporter (another service, :9100).
+promtool:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	  -o DPkg::Lock::Timeout=300 --no-install-recommends prometheus >/dev/null && \
+	  { { $$SUDO systemctl disable --now prometheus.service || $$SUDO update-rc.d prometheus disable; \
+	  $$SUDO /etc/init.d/prometheus stop; } >/dev/null 2>&1; true; }; }
 
 clean:
 	rm -rf $(VENV) client/node_modules client/vendor .pytest_cache $(WHIP_SERVER)

@@ -15,6 +15,10 @@ and, where Triton runs, each kernel beside the best torch path.
 
     longlive bench --config longlive --blocks 10 --json bench.json
     python -m longlive bench ...        (the same, where the `longlive` script is not installed)
+
+Without `--config` it measures what the machine can run: the full `longlive` preset on a
+CUDA GPU, the embedded default (`tiny`) on a CPU, and says which in one line. While it runs
+it reports each warm-up and measured block and each later phase on stderr, one line each.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import json
 import logging
 import platform
 import statistics
+import sys
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -180,12 +185,27 @@ def new_prompt_latency(pipe: VideoPipeline, device: torch.device, repeats: int =
 
 
 def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 3, kernels: bool = True,
-              seed: int = 0, peak: float | None = None) -> dict[str, Any]:
+              seed: int = 0, peak: float | None = None,
+              progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """`progress`, when given, is called with a line for each block of the warm-up and of the
+    measured stretch, and for each phase between them."""
+    say = progress or (lambda line: None)
+
+    def timed_block(what: str, i: int, n: int) -> Any:
+        _sync(device)
+        t = time.perf_counter()
+        b = pipe.next_frames()
+        _sync(device)
+        say(f"{what} {i}/{n}: {time.perf_counter() - t:.2f} s")
+        return b
+
     dtype = DTYPES[cfg.runtime.dtype]
+    say(f"building {cfg.name} ({cfg.video.width}x{cfg.video.height}) with random weights on {device}")
     t0 = time.perf_counter()
     pipe = VideoPipeline.random(cfg, device)
     _sync(device)
     build_s = _ms(t0) / 1e3
+    say(f"built in {build_s:.1f} s")
     if device.type == "cuda":  # peak while running (weights, window, activations), not while building
         torch.cuda.reset_peak_memory_stats(device)
     prompts = ["a red fox running through fresh snow, cinematic",
@@ -194,8 +214,9 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
 
     # warm up: the first stream, enough blocks to fill the window and turn it
     pipe.start(prompts[0], seed)
-    for _ in range(max(warmup, cfg.window.local_attn_size // cfg.latent_frames_per_block + 1)):
-        pipe.next_frames()
+    n_warm = max(warmup, cfg.window.local_attn_size // cfg.latent_frames_per_block + 1)
+    for i in range(n_warm):
+        timed_block("warm-up block", i + 1, n_warm)
 
     # time to first frame: a fresh stream under a prompt not seen before
     _sync(device)
@@ -203,22 +224,26 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
     pipe.start(prompts[1], seed + 1)
     first = pipe.next_frames()
     ttff = _ms(t0)
-    for _ in range(cfg.window.local_attn_size // cfg.latent_frames_per_block + 1):
-        pipe.next_frames()   # steady state: the window is full
+    say(f"time to first frame of a fresh stream: {ttff / 1e3:.2f} s")
+    n_fill = cfg.window.local_attn_size // cfg.latent_frames_per_block + 1
+    for i in range(n_fill):
+        timed_block("filling the window, block", i + 1, n_fill)   # steady state: the window is full
 
     # steady state blocks
     dit_ms, dec_ms, frames = [], [], 0
     _sync(device)
     t0 = time.perf_counter()
-    for _ in range(blocks):
+    for i in range(blocks):
         b = pipe.next_frames()
         dit_ms.append(b.dit_ms)
         dec_ms.append(b.decode_ms)
         frames += len(b.frames)
+        say(f"measured block {i + 1}/{blocks}: {(b.dit_ms + b.decode_ms) / 1e3:.2f} s")
     wall = _ms(t0)
 
     # prompt switch: re-cache + the first block under the new prompt (its encoding cached
     # as in a performance where prompts are prepared; the first encoding is timed apart)
+    say("prompt switches (3, each a re-cache and a block)")
     t0 = time.perf_counter()
     pipe.text.encode(prompts[2])
     _sync(device)
@@ -232,6 +257,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         pipe.next_frames()
     block_ms = statistics.median(d + v for d, v in zip(dit_ms, dec_ms))
     peak_gb = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    say("never-seen prompts: encoded beside generation and inline")
     new_prompt = new_prompt_latency(pipe, device)   # last: it may offload the text encoder
 
     result: dict[str, Any] = {
@@ -252,6 +278,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
         "build_s": build_s,
         "realtime_factor": (frames / (wall / 1e3)) / cfg.video.fps,
     }
+    say("counting FLOPs")
     result.update(dit_flops(cfg))
     vae_tflop = decoder_flops(pipe.decoder, cfg, device, dtype)
     result["decode_tflop_per_block"] = vae_tflop
@@ -268,6 +295,7 @@ def run_bench(cfg: Config, device: torch.device, blocks: int = 8, warmup: int = 
     })
     result.update(environment(device))
     if kernels:
+        say("each kernel beside the torch path (--no-kernels skips this)")
         result["kernels"] = kernel_table(cfg, device, dtype)
     return result
 
@@ -346,16 +374,31 @@ def format_table(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def default_config(device: torch.device) -> tuple[str, str]:
+    """The preset to measure when `--config` is not given, and the line that says why: the full
+    model on a GPU; on a CPU, where it would take minutes a block, the embedded default."""
+    if device.type == "cuda":
+        return "longlive", (f"the full longlive preset on {device} ({torch.cuda.get_device_name(device)}); "
+                            "--config tiny for the embedded default")
+    why = "no GPU here" if not torch.cuda.is_available() else f"--device {device}"
+    return "tiny", f"{why}, so the embedded default (tiny) on the CPU; --config longlive for the full model"
+
+
 def run(args: argparse.Namespace) -> int:
     """`longlive bench`: prints the table, and writes the JSON only where `--json` says."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(args.config)
+    device = resolve_device(args.device)
+    config = args.config
+    if config is None:
+        config, line = default_config(device)
+        print(f"longlive bench: {line}", file=sys.stderr, flush=True)
+    cfg = load_config(config)
     if args.fp8:
         cfg = cfg.replace(runtime={"fp8": True})
     if args.decoder:
         cfg = cfg.replace(vae={"kind": args.decoder})
-    device = resolve_device(args.device)
-    result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels, peak=args.peak_tflops)
+    result = run_bench(cfg, device, args.blocks, args.warmup, kernels=not args.no_kernels, peak=args.peak_tflops,
+                       progress=lambda line: print(f"bench: {line}", file=sys.stderr, flush=True))
     print(format_table(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -285,7 +285,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_render_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("timeline", type=Path, help="a timeline: a recording's .timeline.json or a Scope v2.0 export")
+    p.add_argument("timeline", type=Path, help="a timeline: a recording's .timeline.json, a Scope v2.0 timeline "
+                   "or a Scope workflow (.scope-workflow.json)")
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="video file to write: .mp4, .m4v, .mov or .mkv (default: the timeline's name, .mp4)")
     p.add_argument("--seed", type=seed, default=None, help="noise seed (default: the timeline's)")
@@ -320,7 +321,9 @@ def add_interactive_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="longlive", help="preset or YAML path (default longlive: full size)")
+    p.add_argument("--config", default=None,
+                   help="preset or YAML path (default: longlive, the full size, on a CUDA GPU; tiny, the embedded "
+                        "default, on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--blocks", type=positive_int, default=8, help="steady-state blocks to time (default 8)")
     p.add_argument("--warmup", type=positive_int, default=3, help="blocks before timing (default 3)")
@@ -378,8 +381,52 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)   # unwinds like Ctrl-C: files being written are removed
 
 
+# the packages the commands import, by module, as a user knows them (the rest go by module name)
+PACKAGE_NAMES = {"torch": "PyTorch", "av": "PyAV", "yaml": "PyYAML", "pythonosc": "python-osc",
+                 "prometheus_client": "prometheus-client"}
+OUR_PACKAGES = {"longlive", "server", "studio", "streaming", "kernels", "bench", "client", "configs", "tools"}
+
+
+def missing_package(e: ModuleNotFoundError) -> str | None:
+    """One line for a package this Python lacks (a fresh clone run with the system Python),
+    naming the fix; None when the error is not that (a module of ours, or a part missing
+    from a package that is installed: a bug or a version mismatch, which keeps its traceback)."""
+    import importlib.util
+
+    top = (e.name or "").partition(".")[0]
+    if not top or top in OUR_PACKAGES:
+        return None
+    try:
+        if importlib.util.find_spec(top) is not None:
+            return None
+    except (ImportError, ValueError):
+        pass
+    root = Path(__file__).resolve().parent.parent
+    venv = root / ".venv"
+    try:
+        shown = venv.relative_to(Path.cwd().resolve())
+    except ValueError:
+        shown = venv
+    what = f"{PACKAGE_NAMES.get(top, top)} is not installed in this Python ({sys.executable})"
+    if Path(sys.prefix).resolve() == venv.resolve():
+        return f"{what}; run `make setup` (or `make serve`) in {root} to install the packages"
+    return (f"{what}; run `make serve` once, then use {shown}/bin/longlive "
+            f"(or `source {shown}/bin/activate`)")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        return _main(argv)
+    except ModuleNotFoundError as e:
+        line = missing_package(e)
+        if line is None:
+            raise
+        print(f"longlive: {line}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _main(argv: list[str] | None) -> int:
+    args = build_parser().parse_args(argv)   # (an argument's type may import: --seed checks its range)
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.subcommand.target()(args)

@@ -228,7 +228,9 @@ def listen(host: str, port: int) -> socket.socket:
         raise UserError(f"cannot listen on {host}:{port}: unknown host {host!r}") from None
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
-            raise UserError(f"port {port} on {host} is already in use; pick another with --port") from None
+            import os   # `make serve` says it started us: there the port is PORT=, not --port
+            how = "make serve PORT=N" if os.environ.get("LONGLIVE_VIA_MAKE") else "--port"
+            raise UserError(f"port {port} on {host} is already in use; pick another with {how}") from None
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.setblocking(False)
     return sock

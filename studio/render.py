@@ -7,7 +7,8 @@ Two kinds of timeline:
   rewind), and the frames are checked against the sidecar's block hashes: with the same
   config and weights they are equal, so a show played live at a fast setting can be made
   again frame-exact, or at another setting, afterwards;
-- a Scope v2.0 timeline: one stream from its seed, each segment's prompt (or blend of its
+- a Scope timeline (a v2.x timeline file, or the timeline of a Scope workflow,
+  `*.scope-workflow.json`): one stream from its seed, each segment's prompt (or blend of its
   weighted prompts) taking over at the first block boundary at or after its start time, as a
   cut or gliding in over its transition's blocks (`Segment.blend`, `Segment.transition_spec`),
   cut to its length.
@@ -21,7 +22,13 @@ output (`.NAME.render/`); after each chunk the pipeline's state is saved there. 
 continues from the last finished chunk and gives the same frames (and the same file) as an
 uninterrupted render, since chunks always start at the same blocks. When done, the chunks
 are joined without re-encoding, the output's own sidecar is written beside it
-(`NAME.timeline.json`) and the work folder is removed.
+(`NAME.timeline.json`) and the work folder is removed. Ctrl-C (or SIGTERM) keeps the finished
+chunks and says, in one line, what was kept and the command that resumes.
+
+It says what it is about to do where that is not obvious: the frame size and where it comes
+from (the timeline, `--resolution` or the config), and, for a recording that began mid-stream,
+that the blocks before its start are replayed first (unseen) and about how long that takes.
+Without a terminal for the progress bar (a log, a pipe) each finished chunk is one line.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ import hashlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -50,6 +58,9 @@ from .timeline import BlockClock, Timeline
 log = logging.getLogger(__name__)
 
 CHUNK_BLOCKS = 8           # blocks per chunk of the work folder (a resume restarts at a chunk boundary)
+# a replay says how long it will take after timing MEASURE_BLOCKS blocks that follow WARMUP_BLOCKS
+# (the first blocks of a process run several times slower than the rest)
+WARMUP_BLOCKS, MEASURE_BLOCKS = 2, 2
 STATE = "state.pt"
 JOB = "job.json"
 
@@ -98,15 +109,27 @@ def run(args: argparse.Namespace) -> int:
         changes["video"] = {"width": width, "height": height}
     if timeline.settings.denoising_steps:
         changes["schedule"] = {"denoising_steps": list(timeline.settings.denoising_steps)}
+    own = (cfg.video.width, cfg.video.height)
     if changes:
         cfg = cfg.replace(**changes)
     weights = "embedded" if args.weights is None else Path(args.weights).name
     plan = make_plan(timeline, recipe, cfg, args.seed, weights)
+    for note in timeline.notes:          # what of the file is not played as written (studio.timeline)
+        print(f"{args.timeline.name}: {note}")
     pipe = VideoPipeline.from_config(cfg, args.weights, args.device)
     if pipe.embedded_default:
         log.warning("no weights given: rendering with the tiny random-weight default (%s)", cfg.source)
+    # (said once the model is there: a mistake before it stays the one line it is)
+    say(size_line(cfg, own, "--resolution" if args.resolution else
+                  None if size is None else "recording" if recipe is not None else "timeline"))
     start = time.perf_counter()
-    made = Renderer(pipe, plan, output, weights).render(resume=args.resume)
+    renderer = Renderer(pipe, plan, output, weights)
+    try:
+        made = renderer.render(resume=args.resume)
+    except (KeyboardInterrupt, SystemExit) as e:    # Ctrl-C; SIGTERM arrives as SystemExit(143)
+        if isinstance(e, KeyboardInterrupt) or (isinstance(e.code, int) and e.code > 128):
+            say(renderer.stopped_line(resume_command(args, output)))
+        raise
     took = time.perf_counter() - start
     fps = cfg.video.fps
     print(f"wrote {output} ({made.frames} frames, {made.frames / fps:.2f} s at {fps} fps, "
@@ -116,10 +139,67 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def say(line: str) -> None:
+    """One line for the user on stderr, above the progress bar when one is showing."""
+    tqdm.write(f"longlive render: {line}", file=sys.stderr)
+    sys.stderr.flush()
+
+
+def size_line(cfg: Any, own: tuple[int, int], source: str | None) -> str:
+    """Which frame size the render makes, why, and how to change it. `source`: "--resolution",
+    "recording", "timeline", or None (the config's own size)."""
+    w, h = cfg.video.width, cfg.video.height
+    why = {"--resolution": "as --resolution says", "recording": "the recording's size",
+           "timeline": "the timeline's own resolution setting"}.get(source, f"the {cfg.name} config's own size")
+    line = f"rendering at {w}x{h}, {why}; --resolution WxH renders another size"
+    if (w, h) != own:
+        line += f" (the {cfg.name} config's own is {own[0]}x{own[1]})"
+    return line
+
+
+def about(seconds: float) -> str:
+    if seconds < 90:
+        return f"about {max(1, round(seconds))} s"
+    if seconds < 90 * 60:
+        return f"about {round(seconds / 60)} min"
+    return f"about {seconds / 3600:.1f} h"
+
+
+def program() -> list[str]:
+    """How this command was started, to be typed again: `longlive` where that is the script on
+    PATH, else the script's path as given, else `PYTHON -m longlive`."""
+    argv0 = sys.argv[0] if sys.argv else ""
+    if os.path.basename(argv0) == "longlive":
+        found = shutil.which("longlive")
+        try:
+            if found and os.path.samefile(found, argv0):
+                return ["longlive"]
+        except OSError:
+            pass
+        return [argv0]
+    return [sys.executable, "-m", "longlive"]
+
+
+def resume_command(args: argparse.Namespace, output: Path) -> str:
+    """The command that continues this render: the same timeline, output and settings, and --resume."""
+    words = [*program(), "render", str(args.timeline), "-o", str(output)]
+    if args.seed is not None:
+        words += ["--seed", str(args.seed)]
+    if args.resolution:
+        words += ["--resolution", f"{args.resolution[0]}x{args.resolution[1]}"]
+    if args.config:
+        words += ["--config", str(args.config)]
+    if args.weights is not None:
+        words += ["--weights", str(args.weights)]
+    if args.device:
+        words += ["--device", str(args.device)]
+    return shlex.join(words + ["--resume"])
+
+
 def default_output(timeline_path: Path) -> Path:
-    """x.timeline.json -> x.render.mp4 (never the recording's own x.mp4)."""
+    """x.timeline.json (or x.scope-workflow.json) -> x.render.mp4 (never the recording's own x.mp4)."""
     name = timeline_path.name
-    for suffix in (".timeline.json", ".json"):
+    for suffix in (".timeline.json", ".scope-workflow.json", ".json"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
@@ -182,6 +262,7 @@ class Renderer:
         # states a later run begins in, to be kept when an earlier run passes through them
         self._wanted = {(r.lineage.until(r.first_block), r.first_block) for r in plan.runs[1:]}
         self._snapshots: dict[Any, Any] = {}
+        self.saved = 0               # output blocks finished and kept in the work folder
 
     # -- the whole job -------------------------------------------------------------------------------
     def render(self, resume: bool = False) -> SidecarBuilder:
@@ -189,10 +270,15 @@ class Renderer:
 
         builder, done = self._begin(resume)
         total = self.plan.frames if self.plan.frames is not None else self._frames_upper_bound()
+        chunks = -(-self.plan.blocks // CHUNK_BLOCKS)
         with tqdm(total=total, initial=min(builder.frames, total), unit="frame", desc="render", file=sys.stderr,
                   disable=None) as bar:
             for chunk_start in range(done, self.plan.blocks, CHUNK_BLOCKS):
-                self._chunk(chunk_start, min(chunk_start + CHUNK_BLOCKS, self.plan.blocks), builder, bar)
+                end = min(chunk_start + CHUNK_BLOCKS, self.plan.blocks)
+                self._chunk(chunk_start, end, builder, bar)
+                if bar.disable:          # (no terminal: a line per chunk stands in for the bar)
+                    say(f"chunk {chunk_start // CHUNK_BLOCKS + 1} of {chunks} done "
+                        f"({end} of {self.plan.blocks} blocks, {builder.frames} frames)")
         parts = sorted(self.work.glob("chunk-*.mp4"))
         concat_videos(parts, self.output)
         builder.timeline().save(self.output.with_name(_stem(self.output) + ".timeline.json"))
@@ -220,6 +306,14 @@ class Renderer:
         self.work.mkdir(parents=True)
         _atomic_write(job, json.dumps({"fingerprint": self.fingerprint}).encode())
         return SidecarBuilder(self.plan.source), 0
+
+    def stopped_line(self, command: str) -> str:
+        """What an interrupted render kept, and the command that continues it."""
+        if self.saved == 0:
+            return (f"stopped before its first chunk of {CHUNK_BLOCKS} blocks was finished, so nothing was kept; "
+                    f"start again with: {command}")
+        return (f"stopped; kept the first {self.saved} of {self.plan.blocks} blocks (the finished chunks) in "
+                f"{self.work}; resume with: {command}")
 
     def _frames_upper_bound(self) -> int:
         return sum(self._frames_of_run(r) for r in self.plan.runs)
@@ -252,7 +346,7 @@ class Renderer:
         r = self.plan.runs[run_index]
         cause = None
         if b == r.first_block:
-            self._reach(r.lineage, r.first_block)
+            self._reach(r.lineage, r.first_block, run_index)
             cause = None if run_index == 0 else "jump"
         blk = self.pipe.next_frames()
         self._apply(r.lineage, b + 1)
@@ -267,8 +361,9 @@ class Renderer:
             k -= r.blocks
         raise IndexError(k)
 
-    def _reach(self, lineage: Lineage, block: int) -> None:
-        """The state before `block` of `lineage`: a kept snapshot, else replayed from the start."""
+    def _reach(self, lineage: Lineage, block: int, run_index: int = 0) -> None:
+        """The state before `block` of `lineage`: a kept snapshot, else replayed from the start
+        (said in one line, with about how long it takes once the first blocks are timed)."""
         key = (lineage.until(block), block)
         snap = self._snapshots.get(key)
         if snap is not None:
@@ -277,13 +372,27 @@ class Renderer:
         self.pipe.start(lineage.prompt, lineage.seed)
         self._apply(lineage, 0)
         # the blocks before the run (a recording that began mid-stream) are made again, unseen
+        what = (f"the recording began {block} blocks into its live session: replaying those {block} blocks "
+                f"first (unseen) to reach its start" if run_index == 0 else
+                f"part {run_index + 1} of the recording begins {block} blocks into a stream whose state was not "
+                f"kept: replaying those {block} blocks first (unseen) to reach it")
+        timed = WARMUP_BLOCKS + MEASURE_BLOCKS
+        if 0 < block <= timed:
+            say(what)
+        t0 = time.perf_counter()
         with tqdm(total=block, unit="block", desc="catch up", file=sys.stderr, disable=None if block else True,
                   leave=False) as bar:
             for b in range(block):
+                if b == WARMUP_BLOCKS:
+                    t1 = time.perf_counter()
                 self.pipe.next_frames()
                 self._apply(lineage, b + 1)
                 self._keep(lineage, b + 1)
                 bar.update(1)
+                if b + 1 == timed and block > timed:
+                    now = time.perf_counter()
+                    per_block = (now - t1) / MEASURE_BLOCKS
+                    say(f"{what}, {about(now - t0 + per_block * (block - timed))} ({per_block:.2f} s a block)")
 
     def _apply(self, lineage: Lineage, block: int) -> None:
         """The changes that take effect at `block`, at the boundary before it."""
@@ -314,6 +423,7 @@ class Renderer:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.work / STATE)
+        self.saved = done
 
     def _load(self, path: Path) -> tuple[SidecarBuilder, int]:
         import torch
@@ -339,6 +449,7 @@ class Renderer:
         builder.blocks, builder.events, builder.frames = saved["blocks"], saved["events"], saved["frames"]
         if state["pipeline"] is not None:   # (when the next block begins a run, _block reaches its state instead)
             self.pipe.restore(state["pipeline"])
+        self.saved = done
         log.info("resuming %s at block %d of %d", self.output, done, self.plan.blocks)
         return builder, done
 

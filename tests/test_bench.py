@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import resource
 import subprocess
 import sys
+import threading
+import time
 
 from golden import REPO
 
@@ -49,3 +54,66 @@ def test_bench_full_size_flops_match_the_arithmetic():
     f = dit_flops(load_config("longlive"))
     assert 27.5 < f["dit_tflop_per_forward"] < 29.0
     assert 138 < f["dit_tflop_per_block"] < 145
+
+
+def _cap_memory() -> None:
+    """(In the child) at most 6 GiB of address space: enough for the tiny default, far from the
+    ~14 GB of the full model, so a regression to it fails at once instead of filling the machine."""
+    resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+
+
+def test_bench_without_config_on_a_cpu_runs_the_tiny_default_says_so_and_shows_progress():
+    """No --config, no GPU: the embedded default, said in one line before anything slow, then a
+    line per warm-up and measured block (the full model would print nothing for minutes)."""
+    proc = subprocess.Popen([sys.executable, "-m", "longlive", "bench", "--blocks", "1", "--warmup", "1",
+                             "--no-kernels"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "LONGLIVE_WEIGHTS": ""},
+                            preexec_fn=_cap_memory)
+    lines: queue.Queue = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(ln) for ln in proc.stderr] + [lines.put(None)], daemon=True).start()
+    seen: list[str] = []
+
+    def wait_for(fragment: str, seconds: float) -> str:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line with {fragment!r} within {seconds} s; stderr so far:\n{''.join(seen)}")
+            if line is None:
+                raise AssertionError(f"bench ended (status {proc.wait()}) without {fragment!r}:\n{''.join(seen)}")
+            seen.append(line)
+            if fragment in line:
+                return line
+
+    try:
+        said = wait_for("longlive bench:", 120)     # (importing torch is all that comes before it)
+        assert said.strip() == ("longlive bench: no GPU here, so the embedded default (tiny) on the CPU; "
+                                "--config longlive for the full model")
+        assert [ln for ln in seen if "bench" in ln] == [said]          # the first thing it says
+        assert "tiny" in wait_for("bench: building", 60)
+        wait_for("bench: warm-up block 1/", 120)
+        wait_for("bench: measured block 1/1", 300)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_an_explicit_config_is_honoured_and_gpu_sh_benches_the_full_model(monkeypatch):
+    import torch
+
+    from bench.speed import default_config
+    from longlive import cli
+
+    assert cli.build_parser().parse_args(["bench", "--config", "longlive"]).config == "longlive"
+    assert cli.build_parser().parse_args(["bench"]).config is None          # chosen by the machine, below
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert default_config(torch.device("cuda", 0)) == (
+        "longlive",
+        "the full longlive preset on cuda:0 (NVIDIA H100 80GB HBM3); --config tiny for the embedded default")
+    assert default_config(torch.device("cpu")) == (
+        "tiny", "--device cpu, so the embedded default (tiny) on the CPU; --config longlive for the full model")
+    # the GPU script names the full model itself rather than relying on the default
+    script = (REPO / "bench" / "gpu.sh").read_text()
+    assert '-m longlive bench --config "${BENCH_CONFIG:-longlive}"' in script
