@@ -1,6 +1,7 @@
 // The page: connect, show the stream, send what the performer types, show what comes back.
 import { connect } from "./rtc.js";
 import { reportPhotons } from "./photon.js";
+import { Caption } from "./caption.js";
 import { ControlChannel, PROTOCOL_VERSION } from "./control.js";
 import { encode } from "./vendor/msgpack/index.mjs";
 import * as ui from "./ui.js";
@@ -17,19 +18,39 @@ let session = null;     // {pc, channel, session, close}
 let control = null;     // ControlChannel, while its data channel is open
 let state = {};         // the server's state, as last heard
 let retryTimer = null;
-let captionTimer = null;
+let watching = false;   // whether this page reports the frames it presents (photon.js): the caption waits for them
 let recRequest = null;      // {id, on}: a record command of this page, until the server answers it
 let recSeconds = 0;         // seconds of video recorded, as last heard
 let timelineRequest = null; // {id, name}: the timeline this page sent, until the server acks or refuses it
 let timelineNext = null;    // the file name of the timeline acked, until the state says it plays
 let timelineName = null;    // the file name of the timeline playing, when this page sent it
-let rewindRequest = null;   // {id, segment}
+let rewindRequest = null;   // {id, segment, acked}
+let seedRequest = null;     // {id, seed, acked}: a seed this page sent, until the state says it runs
 let enhanceRequest = null;  // {id, text}: the enhance this page is waiting for
 
 const promptLimit = () => state.limits?.prompt_chars ?? DEFAULT_PROMPT_CHARS;
 const messageLimit = () => state.limits?.message_bytes ?? DEFAULT_MESSAGE_BYTES;
 // the server counts characters (code points) of the trimmed text; so does the page
 const promptLength = (text) => [...text].length;
+
+// Every message on the message line has a kind (ui.showError): a command's error is of its kind, and
+// the command's next success (its ack: queued) clears it; `sent` remembers the kind of this page's ids.
+const KINDS = { enhance: "prompt", resume: "pause", arm: "cue", fire: "cue", tap: "tempo" };
+const kindOf = (type) => KINDS[type] ?? type;
+const sent = new Map();             // request id -> kind, the newest SENT_KEPT
+const SENT_KEPT = 256;
+
+// the caption ("the prompt on screen") changes when this page shows the switch's first frame
+const caption = new Caption((text) => {
+  ui.showCaption(text);
+  showStage();                        // (the cue on screen is marked live)
+});
+(window.__longlive ??= {}).caption = caption.hooks;        // what the caption did, when (for tests)
+
+/** When the frames starting at the state's `generated` go on air, ms from the state: after the
+ * frames buffered, and the block being made (a state's prompt change begins there). */
+const onAirMs = (s) =>
+  Math.max(0, (s.generated ?? 0) - (s.frame ?? 0)) / (s.fps || 16) * 1000 + (s.stats?.block_ms ?? 0);
 
 async function start() {
   clearTimeout(retryTimer);
@@ -44,14 +65,17 @@ async function start() {
       },
       onState: (s) => {
         if (current !== null && current !== session) return;        // an old connection
-        if (s === "failed" || s === "closed") lost("The connection to the server was lost");
-        else if (s === "disconnected") lost("The connection to the server is interrupted", { retry: false });
+        if (s === "failed" || s === "closed") lost("The connection to the server was lost", { cause: "lost" });
+        else if (s === "disconnected") {
+          lost("The connection to the server is interrupted", { retry: false, cause: "interrupted" });
+        }
         else if (s === "connected" && control?.open) live();
       },
     });
   } catch (err) {
-    ui.showError(`Cannot connect: ${err.message}`);
+    ui.showError(`Cannot connect: ${err.message}`, "connection");
     ui.setStatus("disconnected");
+    noteLost("unreachable", `Cannot connect: ${err.message}`);
     ui.setOverlay("Cannot reach the server — retrying…");
     scheduleRetry();
     return;
@@ -61,7 +85,11 @@ async function start() {
   const c = new ControlChannel(channel);
   wireControl(c);
   // the switch reached this screen: the measured figure replaces the server's estimate
-  reportPhotons(els.video, c, (msg) => ui.showLatency(msg.latency_ms, "measured"));
+  // and the caption changes when its first frame is on this screen
+  watching = reportPhotons(els.video, c, (msg, presentedAt) => {
+    ui.showLatency(msg.latency_ms, "measured");
+    caption.presented(msg, presentedAt);
+  });
   const opened = () => {
     if (session !== current) return;
     control = c;
@@ -71,19 +99,33 @@ async function start() {
   else channel.addEventListener("open", opened);
   // the server closes the channel when it stops or ends the session: say so now, not when ICE gives up
   channel.addEventListener("close", () => {
-    if (session === current) lost("The server closed the connection");
+    if (session === current) lost("The server closed the connection", { cause: "closed" });
   });
 }
 
 /** Connected and the control channel open: the state decides the pill. */
 function live() {
+  delete els.status.dataset.lost;
+  els.status.removeAttribute("title");
   ui.setControlsEnabled(true);
   ui.showState(state);
   if (els.video.readyState >= 2 && !els.video.paused) ui.setOverlay(null);
 }
 
+/**
+ * Why the page is not live, kept on the status pill (data-lost: closed, lost, interrupted or
+ * unreachable; its title says it in words) from the first loss until the page is live again:
+ * the overlay moves on to the reconnection attempts, this stays.
+ */
+function noteLost(cause, why) {
+  if (els.status.dataset.lost) return;
+  els.status.dataset.lost = cause;
+  els.status.title = `${why} (${new Date().toLocaleTimeString()})`;
+}
+
 /** The picture is no longer live: say so at once, over the frozen frame. */
-function lost(why, { retry = true } = {}) {
+function lost(why, { retry = true, cause } = {}) {
+  noteLost(cause, why);
   ui.setStatus("disconnected", "disconnected");
   ui.setOverlay(`${why} — ${retry ? "reconnecting" : "waiting for it"}…`);
   ui.setControlsEnabled(false);
@@ -104,10 +146,14 @@ function scheduleRetry() {
 
 function wireControl(c) {
   c.on("hello", (msg) => {
-    if (msg.protocol !== PROTOCOL_VERSION) ui.showError(`The server speaks protocol ${msg.protocol}, this page ${PROTOCOL_VERSION}.`);
+    ui.clearError("connection");
+    if (msg.protocol !== PROTOCOL_VERSION) {
+      ui.showError(`The server speaks protocol ${msg.protocol}, this page ${PROTOCOL_VERSION}.`, "protocol");
+    }
     state = msg.state;
     // what this page asked for on an earlier connection will not be answered on this one
-    recRequest = timelineRequest = timelineNext = rewindRequest = null;
+    recRequest = timelineRequest = timelineNext = rewindRequest = seedRequest = null;
+    caption.now(state.prompt);
     recSeconds = state.recording?.seconds ?? 0;
     ui.showNotice(state);
     ui.showState(state, isLive());
@@ -122,12 +168,21 @@ function wireControl(c) {
     checkPrompt();
   });
   c.on("state", (msg) => {
+    const engine = state.engine;
     state = { ...state, ...msg.state };
     ui.showState(state, isLive());
     ui.showEnhancer(state.enhancer);
-    if (msg.id == null && rewindRequest) {
+    caption.stateSays(state.prompt, onAirMs(state));       // (a rewind's prompt; a switch says more, below)
+    if (engine === "restarting" && state.engine === "running") ui.clearError("stream");
+    // the first state after the ack comes from the block boundary that applied it
+    if (msg.id == null && rewindRequest?.acked) {
       ui.markRewind(rewindRequest.segment, null);
+      ui.showDone(`Rewound to segment ${rewindRequest.segment}.`, "rewind");
       rewindRequest = null;
+    }
+    if (msg.id == null && seedRequest?.acked && state.seed === seedRequest.seed) {
+      ui.showDone(`New seed ${seedRequest.seed}: the stream restarted with it.`, "seed");
+      seedRequest = null;
     }
     showExtras();                         // (a state comes with every segment kept, so the list is current)
     showStage();
@@ -139,8 +194,13 @@ function wireControl(c) {
     showRecording();
   });
   c.on("ack", (msg) => {
+    if (sent.has(msg.id)) ui.clearError(sent.get(msg.id));   // it went through: an error of its kind is over
     ui.markQueued(msg.id);
-    if (rewindRequest && msg.id === rewindRequest.id) ui.markRewind(rewindRequest.segment, "queued");
+    if (rewindRequest && msg.id === rewindRequest.id) {
+      rewindRequest.acked = true;
+      ui.markRewind(rewindRequest.segment, "queued");
+    }
+    if (seedRequest && msg.id === seedRequest.id) seedRequest.acked = true;
     if (timelineRequest && msg.id === timelineRequest.id) {
       timelineNext = timelineRequest.name;
       timelineRequest = null;
@@ -162,6 +222,7 @@ function wireControl(c) {
   c.on("enhanced", (msg) => {
     if (!enhanceRequest || msg.id !== enhanceRequest.id) return;   // an older request, overtaken
     enhanceRequest = null;
+    ui.clearError("prompt");
     ui.showReview(msg);
     if (msg.error) ui.showInfo(msg.error);
     els.reviewText.focus();
@@ -174,13 +235,15 @@ function wireControl(c) {
     }
     ui.addApplied(msg);
     ui.showLatency(msg.latency_ms + msg.plays_in_ms);
-    // the caption follows the picture: the new block goes on air after the frames before it
-    clearTimeout(captionTimer);
-    captionTimer = setTimeout(() => { ui.showState(state, isLive()); showStage(); }, msg.plays_in_ms);
+    // the caption follows the picture: it changes when this page shows the block's first frame
+    caption.switched(msg, watching);
   });
   c.on("error", (msg) => {
+    // of the kind of the command it refuses; without an id, the stream's own (a generator failure)
+    const kind = sent.get(msg.id) ?? (msg.id == null ? "stream" : "general");
     // a refused prompt: its entry in the list says why (and the message shows too)
     ui.markRejected(msg.id, msg.message);
+    if (msg.id != null && seedRequest?.id === msg.id) seedRequest = null;
     if (msg.id != null && recRequest?.id === msg.id) {
       recRequest = null;
       showRecording();
@@ -191,12 +254,12 @@ function wireControl(c) {
     }
     if (msg.id != null && timelineRequest?.id === msg.id) {
       const why = msg.message.replace(/^timeline\.timeline: /, "");
-      ui.showError(`The timeline ${timelineRequest.name} was refused: ${why}`);
+      ui.showError(`The timeline ${timelineRequest.name} was refused: ${why}`, "timeline");
       timelineRequest = null;
       ui.showTimeline(state.timeline, timelineName);
       return;
     }
-    ui.showError(msg.message);
+    ui.showError(msg.message, kind);
   });
 }
 
@@ -207,6 +270,7 @@ function showExtras() {
   else if (timelineNext) {
     timelineName = timelineNext;
     timelineNext = null;
+    ui.clearError("timeline");
   }
   if (!timelineRequest) ui.showTimeline(state.timeline, timelineName);
   ui.showSegments(state.segments ?? []);
@@ -223,13 +287,16 @@ const isLive = () => control !== null && session?.pc.connectionState === "connec
 
 function send(type, fields) {
   if (!control?.open) {
-    ui.showError("Not connected to the server: nothing was sent.");
+    ui.showError("Not connected to the server: nothing was sent.", "connection");
     return null;
   }
   try {
-    return control.send(type, fields);
+    const id = control.send(type, fields);
+    sent.set(id, kindOf(type));
+    if (sent.size > SENT_KEPT) sent.delete(sent.keys().next().value);
+    return id;
   } catch (err) {
-    ui.showError(err.message);
+    ui.showError(err.message, kindOf(type));
     return null;
   }
 }
@@ -246,13 +313,13 @@ els.form.addEventListener("submit", (ev) => {
   const text = els.prompt.value.trim();
   const chars = promptLength(text);
   if (!chars) {
-    ui.showError("Type a prompt first: the box is empty.");
+    ui.showError("Type a prompt first: the box is empty.", "prompt");
     els.prompt.focus();
     return;
   }
   if (chars > promptLimit()) {
     ui.showError(`This prompt is ${chars.toLocaleString("en-US")} characters long; the server takes at most ` +
-                 `${promptLimit().toLocaleString("en-US")}. Shorten it, then switch. Nothing was sent.`);
+                 `${promptLimit().toLocaleString("en-US")}. Shorten it, then switch. Nothing was sent.`, "prompt");
     checkPrompt();
     return;
   }
@@ -284,11 +351,12 @@ function askEnhance(text) {
 els.reviewAccept.addEventListener("click", () => {
   const text = els.reviewText.value.trim();
   if (!text) {
-    ui.showError("The enhanced prompt is empty: edit it or cancel.");
+    ui.showError("The enhanced prompt is empty: edit it or cancel.", "prompt");
     return;
   }
   if (promptLength(text) > promptLimit()) {
-    ui.showError(`The enhanced prompt is ${promptLength(text)} characters long; the server takes at most ${promptLimit()}.`);
+    ui.showError(`The enhanced prompt is ${promptLength(text)} characters long; the server takes at most ${promptLimit()}.`,
+                 "prompt");
     return;
   }
   if (sendPrompt(text)) ui.showReview(null);
@@ -319,10 +387,11 @@ els.seedForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const seed = Number(els.seed.value);
   if (!Number.isSafeInteger(seed) || seed < 0) {
-    ui.showError("The seed must be a whole number, 0 or more.");
+    ui.showError("The seed must be a whole number, 0 or more.", "seed");
     return;
   }
-  send("seed", { seed });
+  const id = send("seed", { seed });
+  if (id) seedRequest = { id, seed, acked: false };
 });
 
 els.seedRandom.addEventListener("click", () => {
@@ -345,7 +414,7 @@ els.record.addEventListener("click", () => {
 // -- timelines -------------------------------------------------------------------------------
 const kib = (bytes) => `${Math.ceil(bytes / 1024).toLocaleString("en-US")} KiB`;
 
-function kindOf(value) {
+function jsonKind(value) {
   if (value === null) return "null";
   if (Array.isArray(value)) return "a list";
   return `a ${typeof value}`;
@@ -356,29 +425,30 @@ async function playTimelineFile(file) {
   const tooLarge = (bytes) =>
     `${file.name} is ${kib(bytes)}, more than the ${kib(limit)} the server takes in one message, so it was not sent.`;
   if (file.size > limit) {
-    ui.showError(tooLarge(file.size));
+    ui.showError(tooLarge(file.size), "timeline");
     return;
   }
   let timeline;
   try {
     timeline = JSON.parse(await file.text());
   } catch (err) {
-    ui.showError(`${file.name} is not valid JSON (${err.message}); nothing was sent.`);
+    ui.showError(`${file.name} is not valid JSON (${err.message}); nothing was sent.`, "timeline");
     return;
   }
   if (timeline === null || typeof timeline !== "object" || Array.isArray(timeline)) {
-    ui.showError(`${file.name} is not a timeline: it holds ${kindOf(timeline)}, not a JSON object; nothing was sent.`);
+    ui.showError(`${file.name} is not a timeline: it holds ${jsonKind(timeline)}, not a JSON object; nothing was sent.`,
+                 "timeline");
     return;
   }
   let bytes;
   try {
     bytes = encode({ type: "timeline", id: "x".repeat(32), timeline }).byteLength;
   } catch (err) {
-    ui.showError(`${file.name} cannot be sent: ${err.message}.`);
+    ui.showError(`${file.name} cannot be sent: ${err.message}.`, "timeline");
     return;
   }
   if (bytes > limit) {
-    ui.showError(tooLarge(bytes));
+    ui.showError(tooLarge(bytes), "timeline");
     return;
   }
   const id = send("timeline", { timeline });
@@ -401,7 +471,7 @@ ui.onRewindClick((segment) => {
   const id = send("rewind", { segment });
   if (id) {
     if (rewindRequest) ui.markRewind(rewindRequest.segment, null);
-    rewindRequest = { id, segment };
+    rewindRequest = { id, segment, acked: false };
     ui.markRewind(segment, "sending");
   }
 });
@@ -413,7 +483,7 @@ const firedQuantize = new Map();     // cue -> the quantize this page last fired
 /** Cues, tempo, transition and last fire, from the state. */
 function showStage() {
   ui.showCues(state.cues, {
-    armed: state.armed ?? null, armedReady: Boolean(state.armed_ready), prompt: state.prompt ?? null,
+    armed: state.armed ?? null, armedReady: Boolean(state.armed_ready), prompt: caption.text ?? null,
     midi: (key) => {
       const control = midi.controlFor(key);
       return control ? ` · MIDI ${describeControl(control)}` : "";
@@ -431,7 +501,7 @@ function showStage() {
 
 function fire(cue) {
   if (!state.cues?.some((c) => c.cue === cue)) {
-    ui.showError(`Cue ${cue} is empty: store a prompt in it first.`);
+    ui.showError(`Cue ${cue} is empty: store a prompt in it first.`, "cue");
     return;
   }
   const quantize = els.quantize.value;
@@ -443,7 +513,7 @@ function fire(cue) {
 
 function arm(cue) {
   if (!state.cues?.some((c) => c.cue === cue)) {
-    ui.showError(`Cue ${cue} is empty: nothing to arm.`);
+    ui.showError(`Cue ${cue} is empty: nothing to arm.`, "cue");
     return;
   }
   send("arm", { cue });
@@ -486,17 +556,17 @@ els.cueStoreForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
   const cue = Number(els.cueNumber.value);
   if (!Number.isInteger(cue) || cue < 1 || cue > 99) {
-    ui.showError("A cue number is a whole number from 1 to 99.");
+    ui.showError("A cue number is a whole number from 1 to 99.", "cue");
     return;
   }
   const text = els.prompt.value.trim();
   if (!promptLength(text)) {
-    ui.showError("Type a prompt in the prompt box first: that is what a cue stores.");
+    ui.showError("Type a prompt in the prompt box first: that is what a cue stores.", "cue");
     els.prompt.focus();
     return;
   }
   if (promptLength(text) > promptLimit()) {
-    ui.showError(`This prompt is too long for a cue (the server takes at most ${promptLimit()} characters).`);
+    ui.showError(`This prompt is too long for a cue (the server takes at most ${promptLimit()} characters).`, "cue");
     return;
   }
   const name = els.cueName.value.trim();
@@ -512,7 +582,7 @@ function sendTempo() {
   const bpm = Number(els.bpm.value);
   const beatsPerBar = Number(els.beatsPerBar.value);
   if (!Number.isFinite(bpm) || bpm < 20 || bpm > 300) {
-    ui.showError("The tempo must be between 20 and 300 BPM.");
+    ui.showError("The tempo must be between 20 and 300 BPM.", "tempo");
     if (state.tempo) els.bpm.value = String(state.tempo.bpm);
     return;
   }
@@ -526,7 +596,7 @@ els.beatsPerBar.addEventListener("change", sendTempo);
 function sendTransition() {
   const blocks = Number(els.transitionBlocks.value);
   if (!Number.isInteger(blocks) || blocks < 0 || blocks > 64) {
-    ui.showError("A transition is a whole number of blocks from 0 (a cut) to 64.");
+    ui.showError("A transition is a whole number of blocks from 0 (a cut) to 64.", "transition");
     if (state.transition_default) els.transitionBlocks.value = String(state.transition_default.blocks);
     return;
   }

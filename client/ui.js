@@ -14,7 +14,8 @@ export const els = {
   recordingLength: $("recording-length"),
   timelineFile: $("timeline-file"), timelineStop: $("timeline-stop"), timelineState: $("timeline-state"),
   info: $("info"), segments: $("segments"),
-  enhance: $("enhance"), review: $("review"), reviewInput: $("review-input"), reviewText: $("review-text"),
+  enhance: $("enhance"), enhanceNote: $("enhance-note"), review: $("review"), reviewInput: $("review-input"),
+  reviewText: $("review-text"),
   reviewMeta: $("review-meta"), reviewAccept: $("review-accept"), reviewRegen: $("review-regen"),
   reviewEdit: $("review-edit"), reviewCancel: $("review-cancel"),
   // the performer deck: cues, tempo, transition, blend, MIDI; and the lead in the header
@@ -62,19 +63,59 @@ export function showNotice(state) {
   }
 }
 
-export function showError(message) {
-  els.error.textContent = message ?? "";
-  els.error.hidden = !message;
-  if (message) {
-    clearTimeout(showError.timer);
-    showError.timer = setTimeout(() => { els.error.hidden = true; }, 6000);
-  }
+// -- the message line (#error): one message at a time, each with a life ------------------------------
+// An error has a kind: what it is about, the command type it refuses ("prompt", "timeline", "seed",
+// "rewind", "record", "cue", "tempo", "transition", "pause"), or "connection", "stream" (the
+// generator's own failures), "protocol". It goes when a success of its kind comes (clearError: the
+// next prompt queued clears a prompt's error, a timeline that plays a timeline's), when a newer
+// message takes the line, or after ERROR_MS. A confirmation (showDone: "Rewound to segment 3.") says
+// that something took effect, and goes after DONE_MS or with the next message.
+export const ERROR_MS = 15000;
+export const DONE_MS = 4000;
+let messageTimer = null;
+
+function putMessage(text, kind, tone, ms) {
+  clearTimeout(messageTimer);
+  els.error.textContent = text;
+  els.error.dataset.kind = kind;
+  els.error.dataset.tone = tone;
+  els.error.hidden = false;
+  messageTimer = setTimeout(hideMessage, ms);
 }
 
-/** The state's pill, prompt and controls (the pill only while connected: app.js says when not). */
+function hideMessage() {
+  clearTimeout(messageTimer);
+  els.error.hidden = true;
+  els.error.textContent = "";
+  delete els.error.dataset.kind;
+  delete els.error.dataset.tone;
+}
+
+/** An error about `kind` (null or "" hides the line). */
+export function showError(message, kind = "general") {
+  if (!message) hideMessage();
+  else putMessage(message, kind, "error", ERROR_MS);
+}
+
+/** A confirmation: `kind` took effect. */
+export function showDone(message, kind) {
+  putMessage(message, kind, "done", DONE_MS);
+}
+
+/** Something of `kind` succeeded: an error about it is over. */
+export function clearError(kind) {
+  if (!els.error.hidden && els.error.dataset.tone === "error" && els.error.dataset.kind === kind) hideMessage();
+}
+
+/** The caption over the video: the prompt on screen (caption.js says when it changes). */
+export function showCaption(text) {
+  els.now.textContent = text ?? "";
+  els.now.title = text ? `the prompt on screen: ${text}` : "the prompt on screen";
+}
+
+/** The state's pill and controls (the pill only while connected: app.js says when not). The
+ * caption is not the state's prompt, which comes before its picture: see showCaption. */
 export function showState(state, connected = true) {
-  els.now.textContent = state.prompt ?? "";
-  els.now.title = state.prompt ?? "";
   if (document.activeElement !== els.seed) els.seed.value = String(state.seed ?? 0);
   els.pause.textContent = state.paused ? "Resume" : "Pause";
   els.pause.setAttribute("aria-pressed", state.paused ? "true" : "false");
@@ -363,14 +404,17 @@ export function setControlsEnabled(on) {
   else if (els.record.dataset.phase !== "starting" && els.record.dataset.phase !== "stopping") els.record.disabled = false;
 }
 
-/** Whether the server can enhance (state.enhancer); the toggle says why when it cannot. */
+/** Whether the server can enhance (state.enhancer); when it cannot, the reason is written beside
+ * the toggle (not only in its tooltip, which touch screens and a quick look never show). */
 export function showEnhancer(enhancer) {
   const available = Boolean(enhancer?.available);
   els.enhance.disabled = !available;
   if (!available) els.enhance.checked = false;
+  const why = available ? "" : (enhancer?.notice ?? "this server has no AI enhancement");
   els.enhance.parentElement.title = available
-    ? "have the AI rewrite the prompt first; you review it before it goes live"
-    : (enhancer?.notice ?? "this server has no AI enhancement");
+    ? "have the AI rewrite the prompt first; you review it before it goes live" : why;
+  els.enhanceNote.textContent = why ? `${why[0].toUpperCase()}${why.slice(1)}${/[.!?]$/.test(why) ? "" : "."}` : "";
+  els.enhanceNote.hidden = !why;
 }
 
 /** The review panel: null hides it; {waiting: text} says the AI is at work; else the `enhanced` message. */
