@@ -45,7 +45,7 @@ from .engine import Engine
 from .keeping.recorder import Recorder
 from .media import whep
 from .media.gst_sink import GstSink
-from .media.webrtc import MediaOptions, SessionManager
+from .media.webrtc import MediaOptions, SessionManager, quiet_sctp_goodbyes
 from .media.whip import WhipOptions, WhipPublisher
 from .metrics import StreamMetrics
 from .pages import CLIENT_DIR
@@ -122,7 +122,7 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     app.router.add_get("/", pages.index)
     app.router.add_get("/projector", pages.page("projector.html"))
     app.router.add_get("/watch", pages.page("watch.html"))
-    app.router.add_get("/{path:.+}", pages.static_file)
+    app.router.add_route("*", "/{path:.*}", pages.static_file)   # last: client files, and 404 or 405 for the rest
     app.on_startup.append(_startup)
     app.on_shutdown.append(_shutdown)
     if not (client_dir / "vendor" / "msgpack" / "index.mjs").exists():
@@ -144,6 +144,7 @@ def stream_source(engine: Engine, config_name: str) -> Source:
 
 
 async def _startup(app: web.Application) -> None:
+    quiet_sctp_goodbyes(asyncio.get_running_loop())
     await app[HUB].start()
     app[METRICS_UNSUBSCRIBE] = app[ENGINE].subscribe(app[METRICS].observe, asyncio.get_running_loop())
     if OSC in app:

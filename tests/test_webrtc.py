@@ -572,3 +572,37 @@ def test_a_loopback_server_ignores_offered_candidates_it_cannot_reach():
     assert kept.startswith("v=0\r\nm=video") and kept.endswith("a=end-of-candidates\r\n")
     assert reachable_candidates(offer, None) == offer                   # all interfaces: all candidates
     assert reachable_candidates(offer, ("192.168.1.5",)) == offer       # a LAN address: mDNS names stay
+
+
+def test_an_sctp_send_after_goodbye_is_quiet_and_anything_else_is_still_reported(caplog):
+    """aiortc's fire-and-forget SCTP sends raise ConnectionError when the connection closed under
+    them; nobody retrieves it, and asyncio would log a traceback at garbage collection (which the
+    server tests count as a crash). The server's loop handler quiets exactly that case."""
+    import gc
+    import logging
+
+    from server.media.webrtc import quiet_sctp_goodbyes
+
+    class RTCSctpTransport:             # the name aiortc's tasks carry
+        async def _transmit(self):
+            raise ConnectionError("Cannot send encrypted data, not connected")
+
+    async def something_else():
+        raise ConnectionError("a real failure")
+
+    async def main() -> list:
+        loop = asyncio.get_running_loop()
+        seen: list = []
+        loop.set_exception_handler(lambda _loop, context: seen.append(context))
+        quiet_sctp_goodbyes(loop)
+        for coro in (RTCSctpTransport()._transmit(), something_else()):
+            task = asyncio.ensure_future(coro)
+            await asyncio.wait([task])
+            del task, coro
+            gc.collect()           # the unretrieved exception is reported when the task goes
+        return seen
+
+    caplog.set_level(logging.DEBUG, logger="server.media.webrtc")
+    seen = asyncio.run(main())
+    assert [str(c["exception"]) for c in seen] == ["a real failure"]
+    assert any("send after its connection closed" in r.getMessage() for r in caplog.records)

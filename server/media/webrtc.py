@@ -142,6 +142,31 @@ def _closed_under(task: asyncio.Task) -> None:
         log.warning("connecting a closed peer connection failed: %s: %s", type(exc).__name__, exc)
 
 
+def quiet_sctp_goodbyes(loop: asyncio.AbstractEventLoop) -> None:
+    """aiortc's SCTP transport sends from fire-and-forget tasks (`RTCSctpTransport._transmit`
+    after a retransmission timer, `_send_chunk`, `_data_channel_flush`); when a viewer's
+    connection has just closed under one, it raises ConnectionError ("Cannot send encrypted
+    data, not connected") that nobody retrieves, and asyncio logs "Task exception was never
+    retrieved" with a traceback for what is an ordinary goodbye. This loop exception handler
+    logs exactly those at debug level and passes everything else to the handler before it."""
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        task = context.get("future") or context.get("task")
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        name = getattr(coro, "__qualname__", "") or ""
+        if isinstance(context.get("exception"), ConnectionError) \
+                and name.rpartition(".")[0].endswith("RTCSctpTransport"):
+            log.debug("a data channel's send after its connection closed: %s: %s", name, context["exception"])
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+
+
 @dataclass
 class Session:
     id: str
