@@ -19,8 +19,8 @@ from .door.roles import NEEDS_TOKEN, PERFORMER, presented_token
 from .media.photon import NEEDS_VIDEO
 from .media.webrtc import OfferError, ViewersFull
 from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .protocol import (ArmCommand, EnhanceCommand, FireCommand, PresentedReport, PromptCommand, ProtocolError,
-                       RecordCommand, parse_command)
+from .protocol import (ConflictError, EnhanceCommand, Event, PresentedReport, PromptCommand, ProtocolError,
+                       parse_command)
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +100,18 @@ async def prompt(request: web.Request) -> web.Response:
         command = parse_command({**body, "type": "prompt"})
     except ProtocolError as e:
         raise _bad_request(str(e)) from None
-    replies = await _dispatch(request.app[HUB], command, role)
-    if role != PERFORMER:
-        return web.json_response(replies[0], status=403)
-    if replies[0]["type"] == "error":     # refused: the engine is restarting, stopped or has a full queue
-        return web.json_response(replies[0], status=503, headers={"Retry-After": "1"})
-    return web.json_response(replies[0], status=202)
+    reply, event = await _dispatch(request.app[HUB], command, role)
+    if reply["type"] == "error":
+        return _refused(reply, event, role)
+    return web.json_response(reply, status=202)
 
 
 async def command(request: web.Request) -> web.Response:
     """Any control message as a JSON body: 202 with the ack (200 with the state for status),
     400 when invalid, 401 without a token the server asks for, 403 for a viewer's command, 409
-    when a recording cannot start or stop or a cue is empty, 503 + Retry-After when the engine refused it
-    (restarting, stopped, or its queue full)."""
+    when it names what is not there (a segment that is not kept, an empty cue) or a recording
+    cannot start or stop, 503 + Retry-After when the engine refused it (restarting, stopped, or
+    its queue full)."""
     role = _role(request)
     body = await _json_body(request)
     try:
@@ -121,17 +120,10 @@ async def command(request: web.Request) -> web.Response:
         raise _bad_request(str(e)) from None
     if isinstance(cmd, PresentedReport):      # a viewer's report names frames of its own WebRTC session
         raise _bad_request(NEEDS_VIDEO)
-    replies = await _dispatch(request.app[HUB], cmd, role)
-    reply = replies[0]
-    if reply["type"] != "error":
-        return web.json_response(reply, status=202 if reply["type"] == "ack" else 200)
-    if role != PERFORMER:
-        return web.json_response(reply, status=403)
-    if isinstance(cmd, RecordCommand):      # already recording, nothing to stop, folder not writable
-        return web.json_response(reply, status=409)
-    if isinstance(cmd, (ArmCommand, FireCommand)) and cmd.cue not in request.app[HUB].cues:   # an empty cue
-        return web.json_response(reply, status=409)
-    return web.json_response(reply, status=503, headers={"Retry-After": "1"})   # the engine refused it
+    reply, event = await _dispatch(request.app[HUB], cmd, role)
+    if reply["type"] == "error":
+        return _refused(reply, event, role)
+    return web.json_response(reply, status=202 if reply["type"] == "ack" else 200)
 
 
 async def recordings_list(request: web.Request) -> web.Response:
@@ -182,22 +174,39 @@ async def osc_table(request: web.Request) -> web.Response:
 
 
 # -- helpers ------------------------------------------------------------------------------------------
-async def _dispatch(hub: ControlHub, command: Any, role: str = PERFORMER) -> list[dict[str, Any]]:
-    """The hub's replies to one command, as JSON maps: the first is the ack or the error (or, for
-    `enhance`, the `enhanced` answer). A prompt with enhance: true is rewritten first (the reply
-    then carries the rewrite as "enhanced"). A viewer's command goes to the hub as it is, which
-    refuses it, so nothing (an AI call included) happens for it."""
+async def _dispatch(hub: ControlHub, command: Any, role: str = PERFORMER) -> tuple[dict[str, Any], Event]:
+    """The hub's first reply to one command (the ack or the error; for `enhance`, the `enhanced`
+    answer), as a JSON map and as the event (whose class says what kind of refusal an error
+    is). A prompt with enhance: true is rewritten first (the reply then carries the rewrite as
+    "enhanced"). A viewer's command goes to the hub as it is, which refuses it, so nothing (an
+    AI call included) happens for it."""
     if role == PERFORMER and isinstance(command, EnhanceCommand):
-        return [(await hub.enhance(command)).to_wire()]
+        event = await hub.enhance(command)
+        return event.to_wire(), event
     enhanced = None
     if role == PERFORMER and isinstance(command, PromptCommand) and command.enhance:
         enhanced = (await hub.enhance(command)).to_wire()
         command = PromptCommand(id=command.id, text=enhanced["text"])
-    replies: list[dict[str, Any]] = []
-    hub.dispatch(command, lambda event: replies.append(event.to_wire()), role)
+    replies: list[Event] = []
+    hub.dispatch(command, replies.append, role)
+    reply = replies[0].to_wire()
     if enhanced is not None:
-        replies[0] = {**replies[0], "enhanced": enhanced}
-    return replies
+        reply = {**reply, "enhanced": enhanced}
+    return reply, replies[0]
+
+
+def _refused(reply: dict[str, Any], event: Event, role: str) -> web.Response:
+    """The HTTP answer to the hub's refusal of a command: 403 for a viewer's; 409 when it names
+    what is not there (a segment not kept, an empty cue) or a recording cannot start or stop
+    (asking again is refused again); else 503 + Retry-After (the engine is restarting, stopped
+    or has a full queue: try again)."""
+    if role != PERFORMER:
+        return web.json_response(reply, status=403)
+    if isinstance(event, ConflictError):
+        return web.json_response(reply, status=409)
+    return web.json_response(reply, status=503, headers={"Retry-After": "1"})
+
+
 async def _json_body(request: web.Request) -> dict[str, Any]:
     try:
         body = await request.json()

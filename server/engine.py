@@ -36,9 +36,12 @@ block generated in between) the engine stops for good: an `error` saying so, the
 `stopped` with `failed` set, and every command that was still waiting gets an error. While
 it is restarting or stopped, `submit` refuses every command with `CommandRefused` (the
 control hub answers it as an `error` with the command's id, never an ack); so it does when
-`COMMAND_QUEUE` (64) commands are already waiting. A prompt's encoding failing is not a
-failure of the stream: only that prompt's `error`. Commands queued before a failure are
-still applied after the restart; the command being applied when it failed is not retried.
+`COMMAND_QUEUE` (64) commands are already waiting, and for a rewind to a segment the rewind
+shelf does not keep (checked again when it is applied: in between, the shelf can drop that
+segment to make room for a new one, and then that rewind's `error` comes after its ack).
+A prompt's encoding failing is not a failure of the stream: only that prompt's `error`.
+Commands queued before a failure are still applied after the restart; the command being
+applied when it failed is not retried.
 A prompt is being applied until its first block is generated: the pipeline re-caches the
 window under it in that block, so a failure there (an out-of-memory in the re-cache) is that
 prompt's: the `error` carries its id and the stream restarts under the prompt it had.
@@ -113,8 +116,14 @@ class Pipeline(Protocol):
 
 
 class CommandRefused(UserError):
-    """`submit` did not queue the command (the engine is down, or its queue is full);
-    `str(err)` is the sentence for the client."""
+    """`submit` did not queue the command; `str(err)` is the sentence for the client.
+    `conflict` False: the engine cannot take commands now (it is down, or its queue is full),
+    the same command may be taken later. True: what the command asks for is not there (a
+    rewind to a segment that is not kept), so asking again is refused again."""
+
+    def __init__(self, message: str, conflict: bool = False):
+        super().__init__(message)
+        self.conflict = conflict
 
 
 @dataclass
@@ -304,13 +313,18 @@ class Engine:
         a prompt starts encoding at once, unless `ready` is its encoding already under way or
         done: an armed cue). A prompt with `due` (engine clock) switches at the first block that
         reaches the screen at or after that time (a cue quantised to the beat). Raises
-        `CommandRefused` when the engine is not running or `queue_size` commands are already
-        waiting."""
+        `CommandRefused` when the engine is not running, when the command names what is not
+        there (a rewind to a segment the shelf does not keep: `conflict`), or when `queue_size`
+        commands are already waiting."""
         with self._cond:
             if self._thread is not None and self._thread.ident is not None and not self._thread.is_alive():
                 self._status = STOPPED     # the worker is gone (it cannot be, short of a bug): say so
             if self._status != RUNNING:
                 raise CommandRefused(self._refusal(command))
+            if isinstance(command, RewindCommand) and self.rewind.get(command.segment) is None:
+                # known now, so refused now (never an ack, then an error); `_rewind` checks again
+                # at the boundary: the shelf may drop the segment for a new one before then
+                raise CommandRefused(self.rewind.missing(command.segment), conflict=True)
             if len(self._commands) >= self.queue_size:
                 raise CommandRefused(f"the engine already has {len(self._commands)} commands waiting; "
                                      f"{command.TYPE} was refused, try again")
@@ -607,7 +621,9 @@ class Engine:
 
     # -- rewind ----------------------------------------------------------------------------------------
     def _rewind(self, command: RewindCommand) -> bool:
-        """Back to the start of a kept segment (an error event, nothing else, when it is not kept)."""
+        """Back to the start of a kept segment (an error event, nothing else, when it is not kept:
+        `submit` refused it if it was not kept then, so this is a segment dropped since, to make
+        room for a newer one)."""
         with self._cond:
             point = self.rewind.get(command.segment)
             missing = None if point is not None else self.rewind.missing(command.segment)
@@ -676,6 +692,8 @@ class Engine:
         self._began(first, seed, "timeline")
         end = self._clock_of_blocks.blocks_for(timeline.duration)
         self._timeline = _TimelinePlay(timeline, entries, end, command)
+        for note in timeline.notes:          # what of the file is not used (another pipeline's settings), once
+            self.emit(Notice(id=command.id, message=f"timeline: {note}"))
         log.info("playing a timeline of %d segments (%.1f s) from seed %d", len(timeline.segments),
                  timeline.duration, seed)
 

@@ -140,7 +140,7 @@ class PromptsValue(Spec):
                 raise ProtocolError(f"{at} must be a map with text and weight, not {_wire_name(item)}")
             for key in item:
                 if key not in ("text", "weight"):
-                    raise ProtocolError(f"{at} has no field {_short(str(key))!r} (text, weight)")
+                    raise ProtocolError(_no_field(at, key, ("text", "weight")))
             if "text" not in item:
                 raise ProtocolError(f"{at} needs the field 'text' (str)")
             text = Text(max_chars=MAX_PROMPT_CHARS, min_chars=1).check(f"{at}.text", item["text"])
@@ -165,7 +165,7 @@ class TransitionValue(Spec):
             raise ProtocolError(f"{where} must be a map {{blocks, method}} or null, not {_wire_name(value)}")
         for key in value:
             if key not in ("blocks", "method"):
-                raise ProtocolError(f"{where} has no field {_short(str(key))!r} (blocks, method)")
+                raise ProtocolError(_no_field(where, key, ("blocks", "method")))
         if "blocks" not in value:
             raise ProtocolError(f"{where} needs the field 'blocks' (int)")
         blocks = Integer(0, MAX_TRANSITION_BLOCKS).check(f"{where}.blocks", value["blocks"])
@@ -185,7 +185,7 @@ class Flag(Spec):
 
 @dataclass(frozen=True)
 class TimelineValue(Spec):
-    """A Scope v2.0 timeline object (studio.timeline), or null."""
+    """A Scope timeline: a v2.0 timeline object or a `scope-workflow` file's object (studio.timeline), or null."""
 
     wire_type: ClassVar[str] = "timeline object | null"
 
@@ -452,10 +452,10 @@ def parse_command(obj: dict[str, Any]) -> Command:
         known = ", ".join(sorted(COMMANDS))
         raise ProtocolError(f"unknown message type {_short(kind)!r} (known: {known})", rid)
     fields = command_fields(cls)
-    names = {name for name, _, _ in fields}
+    names = [name for name, _, _ in fields if name != "id"] + ["id"]
     for key in obj:
         if key != "type" and key not in names:
-            raise ProtocolError(f"{kind!r} has no field {_short(str(key))!r}", rid)
+            raise ProtocolError(_no_field(repr(kind), key, names), rid)
     kwargs: dict[str, Any] = {}
     for name, s, required in fields:
         if name not in obj:
@@ -561,6 +561,14 @@ class ErrorEvent(Event):
     TYPE = "error"
     id: RequestIdValue = None
     message: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConflictError(ErrorEvent):
+    """An `error` (the same on the wire) refusing a command because of what the server has, not
+    because it is busy: a rewind to a segment that is not kept, an empty cue, a recording that
+    cannot start or stop. The same command is refused again until that changes, so HTTP answers
+    it with 409 (the other refusals of a performer's command, 503 and Retry-After)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -684,3 +692,41 @@ def _valid_unicode(obj: Any) -> Any:
 
 def _short(text: str, n: int = 40) -> str:
     return text if len(text) <= n else text[:n] + "..."
+
+
+# fields sent by mistake -> the field meant: the first of these the message has (a hint, never a fix)
+FIELD_MISTAKES: dict[str, tuple[str, ...]] = {
+    "prompt": ("text",), "message": ("text",), "content": ("text",),
+    "blend": ("prompts",), "weights": ("prompts",),
+    "seg": ("segment",), "index": ("segment", "cue"), "number": ("cue", "segment"),
+    "recording": ("on",), "enabled": ("on",), "enable": ("on",), "start": ("on",),
+    "tempo": ("bpm",), "steps": ("blocks",), "quantise": ("quantize",), "request_id": ("id",),
+}
+# where a hint says what goes in the field meant (else: did you mean it?)
+FIELD_ROLES = {
+    "text": "the prompt's text goes in \"text\"",
+    "prompts": "a blend goes in \"prompts\" (a list of {text, weight})",
+    "segment": "the segment's number goes in \"segment\"",
+    "cue": "the cue's number goes in \"cue\"",
+    "on": "\"on\" is true to start recording and false to stop it",
+    "bpm": "the tempo goes in \"bpm\"",
+    "blocks": "the transition's length in blocks goes in \"blocks\"",
+    "id": "the request's id goes in \"id\"",
+}
+
+
+def _no_field(where: str, key: Any, names: tuple[str, ...] | list[str]) -> str:
+    """The sentence for a field `where` does not have: with the field likely meant, when there
+    is one (`'prompt' has no field 'prompt'; the prompt's text goes in "text"`), else with the
+    fields it has."""
+    name = str(key)
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_")    # Text, beatsPerBar
+    meant = None
+    for guess in (snake, snake[:-1] if snake.endswith("s") else ""):                  # segments
+        meant = guess if guess in names else next((m for m in FIELD_MISTAKES.get(guess, ()) if m in names), None)
+        if meant is not None:
+            break
+    said = f"{where} has no field {_short(name)!r}"
+    if meant is not None:
+        return f"{said}; " + FIELD_ROLES.get(meant, f'did you mean "{meant}"?')
+    return f"{said} ({', '.join(names)})"

@@ -287,12 +287,35 @@ def test_cue_arm_tempo_tap_transition_and_rewind_get_what_the_hub_answers_any_cl
                     ("/longlive/error", [http.get("message", http.get("error"))])
                 got = await listener.reply_to(lambda: sender.send_message(address, args))
                 assert got == expected, (address, http)
-            # a rewind is queued (ack), and the engine's own error about the segment reaches OSC too
+            # a rewind to a segment that is not kept: refused at once, like over HTTP, and never acked
+            http = await (await client.post("/api/command", json={"type": "rewind", "segment": 999})).json()
             since = listener.mark()
             assert await listener.reply_to(lambda: sender.send_message("/longlive/rewind", 999), since) == \
-                ("/longlive/ack", ["rewind"])
-            message = await listener.wait("/longlive/error", since)
-            assert "999" in message[0], message
+                ("/longlive/error", [http["message"]])
+            blocks = engine.state().blocks
+            await wait_for(lambda: engine.state().blocks >= blocks + 2, "two block boundaries after the rewind")
+            assert ("/longlive/ack", ["rewind"]) not in listener.messages[since:]
+    asyncio.run(main())
+
+
+@pytest.mark.integration
+def test_a_rewind_to_a_segment_not_kept_is_refused_over_osc_before_any_ack(tmp_path):
+    """docs/PROTOCOL.md: a refused command never gets an ack. `/longlive/rewind 999` gets one
+    `/longlive/error` with the sentence every path gets, no `/longlive/ack`, and nothing changes."""
+    async def main():
+        async with osc_app(tmp_path) as (client, engine, server, listener, sender):
+            await wait_for(lambda: engine.state().blocks >= 1, "a first block")
+            sentence = engine.rewind.missing(999)
+            before = engine.state()
+            since = listener.mark()
+            assert await listener.reply_to(lambda: sender.send_message("/longlive/rewind", 999), since) == \
+                ("/longlive/error", [sentence])
+            blocks = engine.state().blocks
+            await wait_for(lambda: engine.state().blocks >= blocks + 2, "two block boundaries after the rewind")
+            heard = [m for m in listener.messages[since:] if m[0] in ("/longlive/ack", "/longlive/error")]
+            assert heard == [("/longlive/error", [sentence])], heard         # once, and no ack before or after
+            after = engine.state()
+            assert (after.prompt, after.seed, after.segments) == (before.prompt, before.seed, before.segments)
     asyncio.run(main())
 
 

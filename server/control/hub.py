@@ -4,10 +4,12 @@ The `ControlHub` is where every control message lands, whatever carried it: it d
 validates it (`protocol.read_command`), answers anything invalid with an `error` event
 (nothing else happens, the stream goes on), hands valid commands to the engine and acks
 them once the engine has queued them (a command the engine refuses, because it is
-restarting, stopped or has a full queue, is answered with an `error` carrying the
-command's id instead, never an ack), and fans the engine's events plus a `stats` event
-about once a second out to every connected client. Each client is an `Endpoint` whose
-`send` never blocks: a client that cannot keep up loses messages, it never slows the others.
+restarting, stopped or has a full queue, or because it names what is not there, a segment
+that is not kept, is answered with an `error` carrying the command's id instead, never an
+ack; so is an empty cue or a recording that cannot start or stop, here), and fans the
+engine's events plus a `stats` event about once a second out to every connected client.
+Each client is an `Endpoint` whose `send` never blocks: a client that cannot keep up loses
+messages, it never slows the others.
 
 Replies use the format of the client's latest message (msgpack after a binary message,
 JSON after a text one); before the first message, a client gets msgpack unless it asked
@@ -35,8 +37,8 @@ from streaming.blend import Blend, TransitionSpec
 
 from ..performing.cues import Cue, CueBank, CueError
 from ..engine import CommandRefused, Engine
-from ..protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, CueCommand,
-                       EnhanceCommand, EnhancedEvent, ErrorEvent, Event, FireCommand, Hello, PromptCommand,
+from ..protocol import (MAX_MESSAGE_BYTES, MAX_PROMPT_CHARS, PROTOCOL_VERSION, Ack, ArmCommand, Command, ConflictError,
+                       CueCommand, EnhanceCommand, EnhancedEvent, ErrorEvent, Event, FireCommand, Hello, PromptCommand,
                        PhotonEvent, PresentedReport, PromptApplied, ProtocolError, RecordCommand, RewindCommand,
                        StateEvent, Stats, StatusCommand, TapCommand, TempoCommand, TransitionCommand, encode,
                        read_command)
@@ -302,7 +304,11 @@ class ControlHub:
     def dispatch(self, command: Command, reply: Callable[[Event], None], role: str = PERFORMER) -> None:
         """Act on a valid command from a peer of `role`: a viewer may ask for the state, and
         every other command of a viewer is answered with an error (roles are checked here,
-        where every path's commands enter, and nowhere else)."""
+        where every path's commands enter, and nowhere else). A command's first reply is its
+        ack or an `error` with its id, never both, so a refusal the server can know now (an
+        empty cue, a segment that is not kept: a `ConflictError`) is made here, for every
+        path, before any ack. (The engine's one later refusal: a rewind whose segment the
+        shelf drops before the next block boundary; see `Engine.submit`.)"""
         if isinstance(command, StatusCommand):
             reply(StateEvent(id=command.id, state=self.state()))
             return
@@ -327,14 +333,15 @@ class ControlHub:
 
     def _submit(self, command: Command, reply: Callable[[Event], None], **how: Any) -> bool:
         """Hand a command to the engine (a prompt naming no transition gets the default one);
-        False, with an error replied, when the engine refuses it."""
+        False, with an error replied, when the engine refuses it (a `ConflictError` when it
+        names what is not there: a rewind to a segment that is not kept)."""
         blocks = self.engine.state().blocks
         if isinstance(command, PromptCommand) and command.transition is None and self.default_transition.blocks > 1:
             command = dataclasses.replace(command, transition=self.default_transition)
         try:
             self.engine.submit(command, **how)
         except CommandRefused as e:
-            reply(ErrorEvent(id=command.id, message=str(e)))
+            reply((ConflictError if e.conflict else ErrorEvent)(id=command.id, message=str(e)))
             return False
         if self.enhancer is not None and isinstance(command, PromptCommand):
             # every prompt that goes live joins the enhancer's history, so later rewrites stay consistent
@@ -359,7 +366,7 @@ class ControlHub:
         try:
             cue = self.cues.get(command.cue)
         except CueError as e:
-            reply(ErrorEvent(id=command.id, message=str(e)))
+            reply(ConflictError(id=command.id, message=str(e)))
             return
         job = self.engine.encoder.prepare(_conditioning(cue))
         self.cues.arm(command.cue, job)
@@ -376,7 +383,7 @@ class ControlHub:
         try:
             cue = self.cues.get(command.cue)
         except CueError as e:
-            reply(ErrorEvent(id=command.id, message=str(e)))
+            reply(ConflictError(id=command.id, message=str(e)))
             return
         ready = self.cues.take_armed(command.cue)
         blend = cue.prompt
@@ -459,16 +466,16 @@ class ControlHub:
         """Recording on: starts at once (the `recording` event follows). Off: acknowledged at
         once; the files are finalised off the event loop and a `recording` event says when."""
         if self.recorder is None:
-            reply(ErrorEvent(id=command.id, message="this server has no recordings folder"))
+            reply(ConflictError(id=command.id, message="this server has no recordings folder"))
             return
         if command.on:
             try:
                 self.recorder.start()
             except RecordingError as e:
-                reply(ErrorEvent(id=command.id, message=str(e)))
+                reply(ConflictError(id=command.id, message=str(e)))
                 return
         elif not self.recorder.recording:
-            reply(ErrorEvent(id=command.id, message="nothing is being recorded"))
+            reply(ConflictError(id=command.id, message="nothing is being recorded"))
             return
         else:
             asyncio.get_running_loop().run_in_executor(None, self.recorder.stop)

@@ -20,7 +20,9 @@ Three checks keep those pages out while the server's own pages, scripts and play
   a `Content-Type`) must say `Content-Type: application/json`, else 415 and a sentence. An
   HTML form on any site can POST `text/plain` or form-encoded bodies without asking, and
   `request.json()` would read them; a JSON body from another origin needs a CORS preflight,
-  which this server never grants. A body-less `DELETE /api/sessions/{id}` needs no type.
+  which this server never grants. A body-less `DELETE /api/sessions/{id}` needs no type,
+  and neither does a method no route takes at that path (`PUT /api/prompt`): the catch-all
+  route answers it 405 (server/pages.py) and reads no body.
 
 A body over the app's limit (256 KiB) is refused with 413 and a sentence, from its
 `Content-Length` before it is read, or when reading it finds out.
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 from urllib.parse import urlsplit
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 JSON = "application/json"
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -224,7 +226,7 @@ class Door:
             return _refuse(request, 403, f"requests from pages on other sites are refused: {_short(origin)!r} is "
                                          "not this server's origin (allow one with --allow-origin)")
         if request.method in UNSAFE and (request.body_exists or "Content-Type" in request.headers) \
-                and request.content_type != JSON:
+                and request.content_type != JSON and request.match_info.route.method != hdrs.METH_ANY:
             given = request.headers.get("Content-Type") or "no Content-Type"
             return _refuse(request, 415, f"a {request.method} to {_short(path)} is sent as {JSON} "
                                          f"(Content-Type), not {_short(given)}")
