@@ -1,4 +1,4 @@
-// Prompt-to-photon at this viewer (server/photon.py): after each switch the server announces
+// Prompt-to-photon at this viewer (server/media/photon.py): after each switch the server announces
 // (prompt_applied), report the frames this page puts on screen, by their RTP timestamps
 // (requestVideoFrameCallback), until the server answers `photon` with the latency it
 // measured from them, or a few seconds pass. The server maps the timestamps to its frames.

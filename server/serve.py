@@ -99,7 +99,7 @@ def performer_token(bound: str, given: str | None) -> tuple[str | None, bool]:
 
 
 def door_from_args(args: argparse.Namespace, bound: str):
-    """The door (server/door.py) for a server bound to `bound`, with --allow-host and --allow-origin."""
+    """The door (server/door/checks.py) for a server bound to `bound`, with --allow-host and --allow-origin."""
     from .door.checks import Door
 
     try:

@@ -189,7 +189,7 @@ def test_churn_leaves_nothing_behind(caplog):
 
     async def main():
         engine = Engine(FakePipeline(size=(64, 32)), prompt="start", seed=3)
-        # every offer comes from 127.0.0.1, faster than the 60 a minute one address may make (server/limits.py)
+        # every offer comes from 127.0.0.1, faster than the 60 a minute one address may make (server/door/limits.py)
         app = create_app(engine, limits=Limits(offers_per_minute=OFFERS_PER_MINUTE))
         app[SESSIONS].connect_timeout_s = CONNECT_S           # the deadline, injected short
         server = TestServer(app, host="127.0.0.1")

@@ -1,4 +1,4 @@
-"""The door (server/door.py): pages on other sites cannot steer the show, names that are not the
+"""The door (server/door/checks.py): pages on other sites cannot steer the show, names that are not the
 server's are refused (DNS rebinding), an oversized body is one sentence, recordings never leave
 their folder, and a non-loopback bind without --token makes up a performer token shown once.
 

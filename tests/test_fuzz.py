@@ -8,7 +8,7 @@ POST /api/prompt and POST /api/command, OSC datagrams on a real UDP socket, and 
 deep nesting, huge strings, msgpack's and JSON's wrong types, random bytes, with a minority of
 valid commands in the mix. They are drawn up front (derandomized: the same messages every
 run) and then sent, every path at once, each peer under the server's rate limits
-(server/limits.py: 30 control messages a second per connection, per client address and per
+(server/door/limits.py: 30 control messages a second per connection, per client address and per
 OSC sender; 60 offers a minute per address), so the messages reach the parser instead of
 the limiter: several data channels and WebSockets, and HTTP, OSC and offers from several
 loopback source addresses (all of 127.0.0.0/8 is this machine's loopback). A message the

@@ -1,4 +1,4 @@
-"""Limits (server/limits.py): control messages per connection, per client address and per OSC
+"""Limits (server/door/limits.py): control messages per connection, per client address and per OSC
 sender; offers per minute per address; a prompt's length on every path. Over a limit is one
 sentence and nothing else: the message is dropped, the connection stays, and a peer that
 behaves never notices. Every bucket runs on an injected clock (no wall-clock assertion).

@@ -1,4 +1,4 @@
-"""OSC over UDP, both ways (server/osc.py): real UDP on 127.0.0.1 into the real app (fake pipeline, real engine
+"""OSC over UDP, both ways (server/control/osc.py): real UDP on 127.0.0.1 into the real app (fake pipeline, real engine
 thread, real hub), replies heard on a real UDP socket; the address table, refusals, the flags, GET /api/osc."""
 
 from __future__ import annotations
@@ -205,6 +205,7 @@ def _message(address: str, *args: Any) -> osc_message.OscMessage:
 
 
 # -- the live app ---------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_prompt_seed_pause_and_resume_over_udp_steer_the_stream(tmp_path):
     async def main():
         async with osc_app(tmp_path) as (client, engine, server, listener, sender):
@@ -233,6 +234,7 @@ def test_prompt_seed_pause_and_resume_over_udp_steer_the_stream(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_a_bundle_applies_every_message_in_it(tmp_path):
     bundle = osc_bundle_builder.OscBundleBuilder(osc_bundle_builder.IMMEDIATELY)
     bundle.add_content(_message("/longlive/seed", 23))
@@ -250,6 +252,7 @@ def test_a_bundle_applies_every_message_in_it(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_record_over_osc_starts_and_stops_a_recording(tmp_path):
     async def main():
         async with osc_app(tmp_path) as (client, engine, server, listener, sender):
@@ -268,6 +271,7 @@ def test_record_over_osc_starts_and_stops_a_recording(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_cue_arm_tempo_tap_transition_and_rewind_get_what_the_hub_answers_any_client(tmp_path):
     """Each goes where a WebSocket or HTTP command goes: the OSC reply is the hub's ack or refusal, word for word."""
     async def main():
@@ -319,6 +323,7 @@ def test_a_rewind_to_a_segment_not_kept_is_refused_over_osc_before_any_ack(tmp_p
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_a_cue_fires_from_osc(tmp_path):
     async def main():
         async with osc_app(tmp_path) as (client, engine, server, listener, sender):
@@ -337,6 +342,7 @@ def test_a_cue_fires_from_osc(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_bad_osc_gets_an_error_reply_and_the_stream_goes_on(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     rng = random.Random(7)
@@ -392,6 +398,7 @@ def test_bad_osc_gets_an_error_reply_and_the_stream_goes_on(tmp_path, caplog):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_the_reply_port_hears_the_prompt_fps_engine_and_beats(tmp_path):
     async def main():
         async with osc_app(tmp_path, tempo=TempoClock(bpm=240, beats_per_bar=3)) as (client, engine, server,
@@ -417,6 +424,7 @@ def test_the_reply_port_hears_the_prompt_fps_engine_and_beats(tmp_path):
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_replies_to_a_port_nobody_listens_on_never_raise(tmp_path, caplog):
     caplog.set_level(logging.DEBUG)
     nobody = free_udp_port()
@@ -434,6 +442,7 @@ def test_replies_to_a_port_nobody_listens_on_never_raise(tmp_path, caplog):
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
+@pytest.mark.integration
 def test_api_osc_lists_every_address(tmp_path):
     async def main():
         async with osc_app(tmp_path) as (client, engine, server, listener, sender):
@@ -484,6 +493,7 @@ def test_a_bad_osc_reply_is_one_usage_sentence(value, capsys):
     assert len(err.splitlines()) == 1 and f"{value!r} is not HOST:PORT; write it like 127.0.0.1:9000" in err
 
 
+@pytest.mark.integration
 def test_a_port_in_use_is_one_sentence():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
         taken.bind(("127.0.0.1", 0))

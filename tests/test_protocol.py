@@ -221,6 +221,7 @@ async def next_message(ws, types: tuple[str, ...] | None = None, timeout: float 
     return await asyncio.wait_for(read(), timeout)
 
 
+@pytest.mark.integration
 def test_http_state_and_prompt():
     async def main():
         async with running_app() as client:
@@ -261,6 +262,7 @@ def test_http_state_and_prompt():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_http_offer_and_session_errors():
     async def main():
         async with running_app() as client:
@@ -282,6 +284,7 @@ def test_http_offer_and_session_errors():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_static_client_files():
     async def main():
         async with running_app() as client:
@@ -300,6 +303,7 @@ def test_static_client_files():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_websocket_control_session():
     async def main():
         async with running_app() as client:
@@ -359,6 +363,7 @@ def test_websocket_control_session():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_websocket_json_format_from_the_start():
     async def main():
         async with running_app() as client:
@@ -370,6 +375,7 @@ def test_websocket_json_format_from_the_start():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_two_control_clients_both_hear_a_prompt_applied():
     async def main():
         async with running_app() as client:
@@ -387,6 +393,7 @@ def test_two_control_clients_both_hear_a_prompt_applied():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_shutdown_closes_open_websockets():
     async def main():
         engine = Engine(FakePipeline(), prompt="s")
@@ -403,6 +410,7 @@ def test_shutdown_closes_open_websockets():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_a_websocket_frame_over_the_limit_closes_that_socket_and_no_other():
     """Up to WS_MAX_FRAME an oversized message gets an error; beyond it aiohttp closes the socket
     (as documented), and the server's other clients never notice."""
@@ -426,6 +434,7 @@ def test_a_websocket_frame_over_the_limit_closes_that_socket_and_no_other():
     asyncio.run(main())
 
 
+@pytest.mark.integration
 def test_app_has_the_documented_routes():
     app = create_app(Engine(FakePipeline()))
     routes = {(r.method, r.resource.canonical) for r in app.router.routes() if isinstance(r.resource, web.Resource)}
@@ -459,6 +468,7 @@ def test_a_command_the_engine_refuses_is_an_error_with_its_id_never_an_ack():
         engine.submit(PauseCommand())
 
 
+@pytest.mark.integration
 def test_a_stopped_engine_refuses_over_the_socket_and_says_why_in_the_state():
     def always_fails(attempt: int) -> BaseException:
         return RuntimeError("the GPU fell off the bus\ntraceback ...")

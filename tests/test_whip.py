@@ -1,4 +1,4 @@
-"""WHIP publish (server/whip.py): into a tiny in-process WHIP server, and into a real SFU.
+"""WHIP publish (server/media/whip.py): into a tiny in-process WHIP server, and into a real SFU.
 
 The unit tests run a small aiohttp WHIP endpoint on 127.0.0.1 (real HTTP) whose answerer is
 an aiortc peer that decodes what it gets, and a `WhipPublisher` offering 127.0.0.1 candidates

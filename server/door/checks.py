@@ -239,7 +239,7 @@ def _short(value: str | None, limit: int = 80) -> str:
 
 
 def _refuse(request: web.Request, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
-    if request.path == "/whep" or request.path.startswith("/whep/"):     # WHEP answers in text (server/whep.py)
+    if request.path == "/whep" or request.path.startswith("/whep/"):     # WHEP answers in text (server/media/whep.py)
         return web.Response(status=status, text=message + "\n", content_type="text/plain", headers=headers)
     return web.Response(status=status, text=json.dumps({"error": message}), content_type=JSON, headers=headers)
 

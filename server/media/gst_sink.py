@@ -1,6 +1,6 @@
 """`longlive serve --gst-sink "PIPELINE"`: every generated frame into a GStreamer pipeline.
 
-The sink is a `BlockSink` consumer like the recorder (server/recorder.py): the engine hands it
+The sink is a `BlockSink` consumer like the recorder (server/keeping/recorder.py): the engine hands it
 every block it generates through a bounded queue of its own (it never waits for the sink; a
 block the queue has no room for is dropped, counted and reported as an `error` event), and
 the sink feeds the frames, in order, to an `appsrc` in front of the user's pipeline:

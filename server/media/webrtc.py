@@ -1,7 +1,7 @@
 """WebRTC sessions: one peer connection per viewer, made from the viewer's offer.
 
 A page offers a receive-only video transceiver and a data channel labelled "control"; a
-WHEP player (`server/whep.py`) offers the video alone. The answer sends the viewer a
+WHEP player (`server/media/whep.py`) offers the video alone. The answer sends the viewer a
 `PacketTrack` of the stream's one shared encoder (`stream_encoder.StreamEncoder`: VP8,
 encoded once for every viewer), and a control channel goes to the control hub. Gathering is
 not trickled: the answer carries all of the server's candidates. ICE servers are used only
