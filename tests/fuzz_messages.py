@@ -370,23 +370,24 @@ def offer_body(draw, real_offer: str) -> tuple[Any, str]:
     return draw(odd_values), "wrong type"
 
 
-def encode(body: Any, wire: str) -> bytes | str:
-    """A draft's body on the wire (ID already replaced)."""
+def encode(body: Any, wire: str, fallback: bool = True) -> bytes | str:
+    """A draft's body on the wire (ID already replaced). A body one format has no form for goes in
+    the other; one neither has a form for is a byte msgpack never starts anything with."""
     if wire == "raw":
         return body
     if wire in ("msgpack", "msgpack-as-text"):
         try:
             data = msgpack.packb(body, use_bin_type=True, default=_msgpack_default)
-        except (OverflowError, TypeError, ValueError, UnicodeEncodeError):   # no msgpack form: JSON, as text
-            return encode(body, "json")
+        except (OverflowError, TypeError, ValueError, UnicodeEncodeError, RecursionError):   # no msgpack form
+            return encode(body, "json", fallback=False) if fallback else b"\xc1"
         return data.decode("latin-1") if wire == "msgpack-as-text" else data
     try:
         text = json.dumps(body, default=_json_default, allow_nan=True, ensure_ascii=False)
         text.encode("utf-8")
     except UnicodeEncodeError:      # lone surrogates: escaped (\\ud800), which a JSON reader takes
         text = json.dumps(body, default=_json_default, allow_nan=True)
-    except (TypeError, ValueError):  # keys JSON has no form for (bytes): sent as msgpack after all
-        return encode(body, "msgpack") if wire != "msgpack" else b"\xc1"
+    except (TypeError, ValueError, RecursionError):  # keys JSON has no form for (bytes): msgpack after all
+        return encode(body, "msgpack", fallback=False) if fallback else b"\xc1"
     return text.encode("utf-8") if wire == "json-as-binary" else text
 
 

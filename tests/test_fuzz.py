@@ -613,7 +613,11 @@ def test_fuzz_every_control_path(fuzz_server):
         assert peer_states == [("connected", "open")] * (1 + DC_PEERS) and not any(socket_states), \
             (peer_states, socket_states)
         assert health["sessions"] == 1 + DC_PEERS, health
-        assert total >= 10_000 * SCALE, tally.sent
+        # drawn: sent, plus the few the client leaves out (a WebSocket frame over WS_MAX_FRAME closes its socket,
+        # as documented and tested in test_protocol; which drafts are that large varies with the draw)
+        left_out = sum(tally.unsendable.values())
+        assert total + left_out >= 10_000 * SCALE and left_out <= 0.03 * (total + left_out), \
+            (tally.sent, tally.unsendable)
         assert acked == {"type": "ack", "id": "final", "command": "prompt"}, acked
         assert applied is not None and applied["text"] == "after the storm"
         assert state["engine"] == "running" and state["running"] and state["restarts"] == 0, state
