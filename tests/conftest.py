@@ -51,8 +51,8 @@ def _fast_tier_has_no_servers(request: pytest.FixtureRequest, monkeypatch: pytes
     class NoServe(popen):       # `longlive serve` as a program is a server too
         def __init__(self, args: Any, *rest: Any, **kwargs: Any) -> None:
             words = [str(a) for a in (args if isinstance(args, (list, tuple)) else [args])]
-            if "serve" in words and any("longlive" in w for w in words):
-                _no_server()
+            if any(w == "serve" and words[i - 1].rsplit("/", 1)[-1] == "longlive" for i, w in enumerate(words) if i):
+                _no_server()          # `python -m longlive serve`, `.venv/bin/longlive serve`
             super().__init__(args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess, "Popen", NoServe)

@@ -105,6 +105,7 @@ def test_help_imports_nothing_heavy():
     assert out.stderr.strip().endswith("heavy: []"), out.stderr
 
 
+@pytest.mark.integration
 def test_port_in_use_is_one_line_with_status_2():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -123,6 +124,7 @@ def test_missing_subcommand_is_a_usage_error():
     assert out.stderr == "longlive: the following arguments are required: COMMAND (see longlive --help)\n"
 
 
+@pytest.mark.integration
 def test_ctrl_c_stops_the_server_cleanly():
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "longlive", "serve", "--port", str(port)], cwd=REPO,
@@ -245,6 +247,7 @@ def test_the_system_python_says_where_the_command_is():
 
 
 # -- a port in use, as `make serve` users change it -----------------------------------------------
+@pytest.mark.integration
 def test_port_in_use_under_make_serve_says_PORT():
     import shutil
 
