@@ -656,6 +656,8 @@ def run(args: argparse.Namespace) -> int:
         from .timeline import Timeline
 
         timeline = Timeline.load(args.timeline)
+        for note in timeline.notes:      # what of the file is not played as written (studio.timeline)
+            print(f"{args.timeline.name}: {note}")
         plan = [segment.main_prompt().text for segment in timeline.segments]
         blended = sum(1 for segment in timeline.segments if not isinstance(segment.blend(), str))
         if blended:
