@@ -26,10 +26,11 @@ test: setup-test client browser janus gst-webrtc gstreamer promtool
 	  LONGLIVE_REQUIRE_PROMTOOL=1 \
 	  $(PY) -m pytest $(ARGS)
 
-# the fast tier: tests marked `integration` or `browser` are left out, and tests/conftest.py fails
+# the fast tier: tests marked `integration`, `browser` or `slow` (whole-model replays through the
+# Triton interpreter, full bench runs) are left out, and tests/conftest.py fails
 # any test of this tier that starts a server (so a test that should be marked is)
 check: setup-test client
-	LONGLIVE_FAST_TIER=1 $(PY) -m pytest -m "not integration and not browser" $(ARGS)
+	LONGLIVE_FAST_TIER=1 $(PY) -m pytest -m "not integration and not browser and not slow" $(ARGS)
 
 bench: setup
 	$(VENV)/bin/longlive bench $(ARGS)

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from golden import REPO
 
 FIELDS = {
@@ -24,6 +26,7 @@ FIELDS = {
 }
 
 
+@pytest.mark.slow
 def test_bench_tiny_cpu_writes_every_field(tmp_path):
     out = tmp_path / "bench.json"
     run = subprocess.run([sys.executable, "-m", "longlive", "bench", "--config", "tiny", "--device", "cpu",
@@ -62,6 +65,7 @@ def _cap_memory() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 
 
+@pytest.mark.slow
 def test_bench_without_config_on_a_cpu_runs_the_tiny_default_says_so_and_shows_progress():
     """No --config, no GPU: the embedded default, said in one line before anything slow, then a
     line per warm-up and measured block (the full model would print nothing for minutes)."""

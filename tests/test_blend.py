@@ -76,6 +76,7 @@ def test_a_blend_conditions_the_model_on_the_weighted_mean(pipe, monkeypatch):
     assert np.array_equal(one.next_frames().frames, plain.next_frames().frames)
 
 
+@pytest.mark.slow
 def test_a_four_block_slerp_transition_feeds_the_spec_conditioning(pipe, monkeypatch):
     ea, eb = pipe.text.encode(A).numpy(), pipe.text.encode(B).numpy()
     pipe.start(A, seed=2)
@@ -128,6 +129,7 @@ def test_a_switch_during_a_transition_starts_where_the_glide_has_got_to(pipe, mo
     assert pipe.transition is None
 
 
+@pytest.mark.slow
 def test_restore_mid_transition_continues_it_exactly(pipe):
     pipe.start(A, seed=4)
     for _ in range(3):

@@ -48,7 +48,7 @@ SELECTED_PAIR = """async () => {
 }"""
 
 
-async def selected_pair(page, timeout_s: float = 10.0):
+async def selected_pair(page, timeout_s: float = 60.0):
     """The addresses of the ICE pair the page's connection uses, once its stats name one (they can lag the
     first decoded frame by a moment)."""
     deadline = time.monotonic() + timeout_s
@@ -57,6 +57,12 @@ async def selected_pair(page, timeout_s: float = 10.0):
     return pair
 
 STATUS = "document.getElementById('status').textContent"
+
+# Deadlines: what the page waits for can take many times longer on a loaded 2-core machine than on an
+# idle one (the server generates on the CPU, Chromium decodes on it), so they are generous: they only
+# bound how long a broken page takes to fail. No test waits a fixed time for something to have happened.
+SERVER_MS = 120_000     # the server's work: frames, blocks, answers to the page's messages
+PAGE_MS = 30_000        # the page on its own (refusing a file, a message in the page)
 
 
 async def launch(p):
@@ -83,6 +89,7 @@ async def chromium(expected: tuple[str, ...] = ()):
 async def open_page(browser, url: str, errors: list[str], path: str = "/", init: str | None = None):
     """A new page (in a context of its own) at `url + path`; `init`: a script run before the page's own."""
     page = await browser.new_page(viewport={"width": 1280, "height": 760})
+    page.set_default_timeout(SERVER_MS)      # (for every wait below that names no deadline)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("console", lambda m: errors.append(f"console: {m.text}") if m.type == "error" else None)
     await page.add_init_script(KEEP_PEER_CONNECTIONS)
@@ -92,6 +99,22 @@ async def open_page(browser, url: str, errors: list[str], path: str = "/", init:
     return page
 
 pytestmark = pytest.mark.browser
+
+
+def stop_patiently(proc, timeout_s: float = 120.0) -> str:
+    """`stop_server`'s clean stop (SIGTERM: exit 0, "stopped", no traceback), with a deadline for a loaded
+    machine: the server finishes the block under way and then tears down, which takes seconds on an idle
+    machine and has taken more than stop_server's 30 s on a loaded one."""
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the server did not stop within {timeout_s:.0f} s of SIGTERM")
+    return stop_server(proc)          # (it has stopped: what is left is stop_server's checks of how)
 
 
 def require_browser() -> None:
@@ -116,7 +139,7 @@ def server(recordings):
     require_browser()
     proc, url = start_server("--prompt", "opening scene", "--recordings", str(recordings))
     yield url
-    stop_server(proc)
+    stop_patiently(proc)
 
 
 def fetch(url: str) -> bytes:
@@ -129,7 +152,7 @@ def controllers(url: str) -> int:
     return json.loads(fetch(url + "/api/state"))["controllers"]
 
 
-async def wait_for_controllers(url: str, n: int, timeout_s: float = 30.0) -> None:
+async def wait_for_controllers(url: str, n: int, timeout_s: float = 120.0) -> None:
     deadline = time.monotonic() + timeout_s
     while (now := await asyncio.to_thread(controllers, url)) != n:
         assert time.monotonic() < deadline, f"{now} control clients are still connected, not {n}"
@@ -149,13 +172,13 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
             page = await open_page(browser, server, errors)
 
             # the page plays video, over 127.0.0.1 at both ends
-            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=SERVER_MS)
             size = await page.evaluate("(v => [v.videoWidth, v.videoHeight])(document.getElementById('video'))")
             assert size == [320, 192]
             assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
             frames = "document.getElementById('video').getVideoPlaybackQuality().totalVideoFrames"
             n0, t0 = await page.evaluate(frames), time.monotonic()
-            await page.wait_for_function(f"{frames} > {n0}", timeout=20_000)
+            await page.wait_for_function(f"{frames} > {n0}", timeout=SERVER_MS)
 
             # the notice about the tiny default, and the state from hello
             assert await page.is_visible("#notice")
@@ -165,14 +188,14 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
             # generated and delivered fps, from the server's stats
             await page.wait_for_function("!isNaN(parseFloat(document.getElementById('stat-generated').textContent))"
                                          " && !isNaN(parseFloat(document.getElementById('stat-delivered')"
-                                         ".textContent))", timeout=20_000)
+                                         ".textContent))", timeout=SERVER_MS)
 
             # typing a prompt and Enter: it appears in the applied list once applied
             text = "a paper boat on a neon river"
             await page.fill("#prompt", text)
             await page.press("#prompt", "Enter")
             item = page.locator("#applied li.applied", has_text=text)
-            await item.wait_for(timeout=30_000)
+            await item.wait_for(timeout=SERVER_MS)
             meta = await item.locator(".meta").inner_text()
             assert "block" in meta and "ms" in meta
             await page.wait_for_function("document.getElementById('stat-latency').textContent !== '–'")
@@ -187,7 +210,8 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
             n1, t1 = await page.evaluate(frames), time.monotonic()
             print(f"\nthe page decoded {(n1 - n0) / (t1 - t0):.1f} fps over {t1 - t0:.1f} s; stats: "
                   f"{(await page.inner_text('#stats')).replace(chr(10), ' ')}")
-            await asyncio.sleep(1.5)   # frames under the new prompt, and a second of stats after the pause
+            # a second of frames after the resume (under the new prompt) before the screenshot
+            await page.wait_for_function(f"{frames} > {n1} + 16", timeout=SERVER_MS)
             OUTPUT.mkdir(parents=True, exist_ok=True)
             shot = tmp_path / "page.png"
             await page.screenshot(path=str(shot))
@@ -203,7 +227,7 @@ def test_page_says_what_became_of_every_prompt(server):
     async def main() -> None:
         async with chromium() as (browser, errors):
             page = await open_page(browser, server, errors)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("!document.getElementById('send').disabled")
             listed = "document.querySelectorAll('#applied li').length"
             limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["prompt_chars"]
@@ -212,7 +236,7 @@ def test_page_says_what_became_of_every_prompt(server):
             before = await page.evaluate(listed)
             await page.fill("#prompt", "   ")
             await page.press("#prompt", "Enter")
-            await page.wait_for_selector("#error:not([hidden])", timeout=2_000)
+            await page.wait_for_selector("#error:not([hidden])", timeout=PAGE_MS)
             assert "empty" in await page.inner_text("#error")
             assert await page.evaluate(listed) == before
 
@@ -224,7 +248,7 @@ def test_page_says_what_became_of_every_prompt(server):
             assert "20,000" in hint and f"{limit:,}" in hint and "too long" in hint, hint
             await page.press("#prompt", "Enter")
             await page.wait_for_function("document.getElementById('error').textContent.includes('20,000')",
-                                         timeout=2_000)
+                                         timeout=PAGE_MS)
             assert await page.is_visible("#error")
             assert await page.evaluate(listed) == before
 
@@ -233,7 +257,7 @@ def test_page_says_what_became_of_every_prompt(server):
             await page.fill("#prompt", "\x1f")
             await page.press("#prompt", "Enter")
             rejected = page.locator("#applied li.rejected")
-            await rejected.wait_for(timeout=15_000)
+            await rejected.wait_for(timeout=SERVER_MS)
             assert "empty" in await rejected.locator(".meta").inner_text()
             assert await page.locator("#applied li.pending").count() == 0
 
@@ -243,9 +267,9 @@ def test_page_says_what_became_of_every_prompt(server):
                 const box = document.getElementById('prompt'), form = document.getElementById('prompt-form');
                 for (const t of texts) { box.value = t; form.requestSubmit(); }
             }""", burst)
-            await page.locator("#applied li.applied", has_text=burst[-1]).wait_for(timeout=30_000)
+            await page.locator("#applied li.applied", has_text=burst[-1]).wait_for(timeout=SERVER_MS)
             await page.wait_for_function("document.querySelectorAll('#applied li.pending').length === 0",
-                                         timeout=30_000)
+                                         timeout=SERVER_MS)
             superseded = await page.locator("#applied li.superseded .text").all_inner_texts()
             applied = await page.locator("#applied li.applied .text").all_inner_texts()
             assert superseded, await page.inner_text("#applied")
@@ -273,7 +297,7 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
     async def main() -> tuple[str, str]:
         async with chromium() as (browser, errors):
             page = await open_page(browser, server, errors)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("!document.getElementById('record').disabled")
 
             # -- Record on: the button says so and the indicator counts seconds of video
@@ -281,23 +305,25 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
             assert await page.get_attribute("#record", "aria-pressed") == "false"
             assert await page.is_hidden("#rec-indicator")
             await page.click("#record")
-            await page.wait_for_selector("#rec-indicator", state="visible", timeout=10_000)
+            await page.wait_for_selector("#rec-indicator", state="visible", timeout=SERVER_MS)
             await page.wait_for_function("document.getElementById('record').textContent === 'Stop recording'")
             assert await page.get_attribute("#record", "aria-pressed") == "true"
             await page.wait_for_function("(t => /^\\d\\d:\\d\\d$/.test(t) && t !== '00:00')"
-                                         "(document.getElementById('rec-time').textContent)", timeout=15_000)
+                                         "(document.getElementById('rec-time').textContent)", timeout=SERVER_MS)
             OUTPUT.mkdir(parents=True, exist_ok=True)
             await page.screenshot(path=str(OUTPUT / "recording.png"))
 
             # -- a prompt switched while recording
             await page.fill("#prompt", switched)
             await page.press("#prompt", "Enter")
-            await page.locator("#applied li.applied", has_text=switched).wait_for(timeout=30_000)
-            await asyncio.sleep(1.0)           # another block or so under it
+            await page.locator("#applied li.applied", has_text=switched).wait_for(timeout=SERVER_MS)
+            # another block under it: the switched one has gone to the recorder
+            block = (await asyncio.to_thread(server_state, server))["block"]
+            await wait_for_state(server, lambda s: s["block"] > block, "a block after the switch")
 
             # -- Record off: links to the video and its timeline
             await page.click("#record")
-            await page.wait_for_selector("#recording-link", state="visible", timeout=30_000)
+            await page.wait_for_selector("#recording-link", state="visible", timeout=SERVER_MS)
             assert await page.is_hidden("#rec-indicator")
             assert await page.inner_text("#record") == "Record"
             assert await page.get_attribute("#record", "aria-pressed") == "false"
@@ -309,35 +335,35 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
 
             # -- timeline files the page refuses itself, with a sentence in #error, nothing sent
             await page.set_input_files("#timeline-file", files=[timeline_file("bad.json", b"{not json")])
-            await page.wait_for_function(f"{error}.includes('bad.json is not valid JSON')", timeout=5_000)
+            await page.wait_for_function(f"{error}.includes('bad.json is not valid JSON')", timeout=PAGE_MS)
             assert await page.is_visible("#error") and await page.is_hidden("#timeline-stop")
             limit = (await page.evaluate("fetch('/api/state').then(r => r.json())"))["limits"]["message_bytes"]
             big = json.dumps({**timeline, "padding": "x" * limit}).encode()
             await page.set_input_files("#timeline-file", files=[timeline_file("big.json", big)])
             await page.wait_for_function(f"{error}.includes('big.json is') && {error}.includes('not sent')",
-                                         timeout=5_000)
+                                         timeout=PAGE_MS)
             # ... and one the server refuses: its message names the field
             await page.set_input_files("#timeline-file", files=[timeline_file("empty.json", {"prompts": []})])
             await page.wait_for_function(f"{error}.includes('empty.json was refused') && "
                                          f"{error}.includes('prompts must list at least one segment')",
-                                         timeout=10_000)
+                                         timeout=SERVER_MS)
             assert (await page.evaluate("fetch('/api/state').then(r => r.json())"))["timeline"] is None
 
             # -- a timeline from the picker: it plays, and the server switches to its second prompt
             await page.set_input_files("#timeline-file", files=[timeline_file("t.json", timeline)])
-            await page.wait_for_selector("#timeline-stop", state="visible", timeout=15_000)
+            await page.wait_for_selector("#timeline-stop", state="visible", timeout=SERVER_MS)
             assert "t.json" in await page.inner_text("#timeline-state")
-            await page.locator("#segments li", has_text=first).wait_for(timeout=30_000)
-            await page.locator("#segments li", has_text=second).wait_for(timeout=30_000)
-            await page.wait_for_function(f"{now} === {json.dumps(second)}", timeout=10_000)
+            await page.locator("#segments li", has_text=first).wait_for(timeout=SERVER_MS)
+            await page.locator("#segments li", has_text=second).wait_for(timeout=SERVER_MS)
+            await page.wait_for_function(f"{now} === {json.dumps(second)}", timeout=SERVER_MS)
 
             # -- ↺ on the timeline's first segment: the stream goes back to it, the timeline stops
             button = page.locator("#segments li", has_text=first).locator("button")
             assert await button.get_attribute("title") == "rewind to this segment"
             await button.click()
-            await page.wait_for_function(f"{now} === {json.dumps(first)}", timeout=15_000)
-            await page.wait_for_selector("#timeline-stop", state="hidden", timeout=10_000)
-            await page.locator("#info p", has_text="timeline stopped").wait_for(timeout=10_000)   # a notice
+            await page.wait_for_function(f"{now} === {json.dumps(first)}", timeout=SERVER_MS)
+            await page.wait_for_selector("#timeline-stop", state="hidden", timeout=SERVER_MS)
+            await page.locator("#info p", has_text="timeline stopped").wait_for(timeout=SERVER_MS)   # a notice
             assert await page.inner_text("#status") == "live"
             await page.screenshot(path=str(OUTPUT / "record-timeline-rewind.png"))
         return video_href, sidecar_href
@@ -361,7 +387,25 @@ def test_page_records_plays_a_timeline_and_rewinds(server, recordings, tmp_path)
     assert switched in texts, texts
 
 
+# the page as it was when it stopped being live (in the same task that changed the pill, so before any
+# reconnection attempt, 2 s later, puts "connecting" there): window.__left, once it has happened
+WATCH_LEAVING_LIVE = """() => {
+  const status = document.getElementById("status"), overlay = document.getElementById("overlay");
+  const seen = new MutationObserver(() => {
+    if (status.textContent === "live") return;
+    seen.disconnect();
+    window.__left = {status: status.textContent, cause: status.dataset.lost ?? null,
+                     overlay: overlay.hidden ? null : overlay.textContent,
+                     sendDisabled: document.getElementById("send").disabled};
+  });
+  seen.observe(status, {childList: true, characterData: true, subtree: true});
+}"""
+
+
 def test_page_says_at_once_when_the_server_goes_away():
+    """A server that stops closes the page's control channel, and the page says so then, not when ICE
+    gives up seconds later: the pill records the channel's close as the cause (data-lost="closed"; ICE
+    noticing would be "interrupted" or "lost")."""
 
     require_browser()
     proc, url = start_server("--prompt", "a server about to stop")
@@ -370,15 +414,22 @@ def test_page_says_at_once_when_the_server_goes_away():
         # (the page keeps trying to reconnect to the stopped server: those failures are expected)
         async with chromium(expected=("Failed to load resource", "Cannot connect")) as (browser, errors):
             page = await open_page(browser, url, errors)
-            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
-            await asyncio.to_thread(stop_server, proc)       # SIGTERM: a clean stop
-            # before ICE would notice (several seconds), the page says the picture is not live
-            await page.wait_for_function(f"{STATUS} !== 'live'", timeout=3_000)
-            assert await page.inner_text("#status") == "disconnected"
-            assert await page.is_visible("#overlay")
-            assert "server" in await page.inner_text("#overlay")      # closed, or (2 s on) cannot be reached
-            assert await page.evaluate("document.getElementById('send').disabled")
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=SERVER_MS)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
+            await page.evaluate(WATCH_LEAVING_LIVE)
+            # SIGTERM, a clean stop; the server closes every session before it stops its engine and exits
+            # (which takes seconds), so the page is watched while it stops
+            stopping = asyncio.create_task(asyncio.to_thread(stop_patiently, proc))
+            await page.wait_for_function("window.__left !== undefined", timeout=SERVER_MS)
+            left = await page.evaluate("window.__left")
+            assert left == {"status": "disconnected", "cause": "closed", "sendDisabled": True,
+                            "overlay": "The server closed the connection — reconnecting…"}, left
+            await stopping
+            # the cause stays while the page tries again and again to reach the stopped server
+            await page.wait_for_function("document.getElementById('overlay').textContent.includes('Cannot reach')",
+                                         timeout=SERVER_MS)
+            assert await page.evaluate("document.getElementById('status').dataset.lost") == "closed"
+            assert "The server closed the connection" in await page.get_attribute("#status", "title")
 
     try:
         asyncio.run(main())
@@ -405,36 +456,36 @@ def test_page_enhances_a_prompt_for_review_before_it_goes_live(monkeypatch):
         async def main() -> None:
             async with chromium() as (browser, errors):
                 page = await open_page(browser, url, errors)
-                await page.wait_for_function(f"{STATUS} === 'live'", timeout=30_000)
+                await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
                 await page.wait_for_function("!document.getElementById('enhance').disabled")
                 await page.check("#enhance")
                 await page.fill("#prompt", "it swings")
                 await page.press("#prompt", "Enter")
                 await page.wait_for_function("document.getElementById('review-text').value.includes('swings left')",
-                                             timeout=30_000)
+                                             timeout=SERVER_MS)
                 assert "10 + 5 tokens" in await page.inner_text("#review-meta")
                 assert await page.evaluate(now) == "a lantern on a pier"       # nothing live yet
                 await page.click("#review-regen")
                 await page.wait_for_function("document.getElementById('review-text').value.includes('orange')",
-                                             timeout=30_000)
+                                             timeout=SERVER_MS)
                 await page.click("#review-edit")
                 await page.keyboard.type(" Slowly.")
                 await page.click("#review-accept")
                 final = "The lantern on the pier glows orange and swings right. Slowly."
-                await page.locator("#applied li.applied", has_text=final).wait_for(timeout=30_000)
+                await page.locator("#applied li.applied", has_text=final).wait_for(timeout=SERVER_MS)
                 assert await page.is_hidden("#review")
                 # the toggle off: the prompt goes as typed, the model is not asked
                 asked = len(api.messages_requests())
                 await page.uncheck("#enhance")
                 await page.fill("#prompt", "a gull lands")
                 await page.press("#prompt", "Enter")
-                await page.locator("#applied li.applied", has_text="a gull lands").wait_for(timeout=30_000)
+                await page.locator("#applied li.applied", has_text="a gull lands").wait_for(timeout=SERVER_MS)
                 assert len(api.messages_requests()) == asked
 
         try:
             asyncio.run(main())
         finally:
-            out = stop_server(proc)
+            out = stop_patiently(proc)
         asks = [json.dumps(r["json"]["messages"]) for r in api.messages_requests()]
         assert len(asks) == 2 and all("it swings" in a and "a lantern on a pier" in a for a in asks)
         assert "sk-ant-test-PAGESECRET" not in out
@@ -454,9 +505,9 @@ def test_projector_and_watch_pages_show_moving_video_and_no_controls(server):
                 # the earlier tests' pages have gone; their control channels close a moment later
                 await wait_for_controllers(server, 0)
                 page = await open_page(browser, server, errors, path="/" + path)
-                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=30_000)
+                await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=SERVER_MS)
                 n0 = await page.evaluate(frames)
-                await page.wait_for_function(f"{frames} > {n0} + 5", timeout=20_000)     # it moves
+                await page.wait_for_function(f"{frames} > {n0} + 5", timeout=SERVER_MS)     # it moves
                 assert await page.evaluate(controls) == 0
                 assert await selected_pair(page) == ["127.0.0.1", "127.0.0.1"]
                 await wait_for_controllers(server, 1)          # its telemetry channel, no other
@@ -474,7 +525,7 @@ def server_state(url: str) -> dict:
     return json.loads(fetch(url + "/api/state"))
 
 
-async def wait_for_state(url: str, check, what: str, timeout_s: float = 30.0) -> dict:
+async def wait_for_state(url: str, check, what: str, timeout_s: float = 120.0) -> dict:
     """Poll the server's /api/state until `check(state)` holds; returns that state."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -495,10 +546,10 @@ def test_page_fires_a_cue_with_a_key_and_the_picture_changes(server):
     async def main() -> tuple[float, float]:
         async with chromium() as (browser, errors):
             page = await open_page(browser, server, errors)
-            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=60_000)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
-            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=10_000)
-            await page.wait_for_function(f"{PLAYED} > 3 * {FPS}", timeout=60_000)   # past the first blocks
+            await page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=SERVER_MS)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
+            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=SERVER_MS)
+            await page.wait_for_function(f"{PLAYED} > 3 * {FPS}", timeout=SERVER_MS)   # past the first blocks
             before = await asyncio.to_thread(server_state, server)
             assert [c["cue"] for c in before["cues"]][:9] == list(range(1, 10)), before["cues"]
             # a one-prompt cue not on screen now; of the shipped ones, those that change the tiny model's picture
@@ -516,14 +567,16 @@ def test_page_fires_a_cue_with_a_key_and_the_picture_changes(server):
             assert (await page.input_value("#prompt")).endswith(str(n))
             await page.fill("#prompt", "")
             await page.evaluate("document.activeElement.blur()")
-            await asyncio.sleep(1.0)
+            # two blocks on: a cue the keys had armed or fired would show by then
+            block = (await asyncio.to_thread(server_state, server))["block"]
+            await wait_for_state(server, lambda s: s["block"] >= block + 2, "two more blocks")
             now = await asyncio.to_thread(server_state, server)
             assert now["armed"] == before["armed"] and now["last_fire"] == before["last_fire"], now["last_fire"]
 
             # shift+digit arms it: the server encodes it ahead, the cue says so
             await page.keyboard.press(f"Shift+Digit{n}")
             await wait_for_state(server, lambda s: s["armed"] == n, f"cue {n} armed")
-            await page.wait_for_selector(f"#cues li[data-cue='{n}']:not([data-armed='false'])", timeout=10_000)
+            await page.wait_for_selector(f"#cues li[data-cue='{n}']:not([data-armed='false'])", timeout=SERVER_MS)
 
             # the same span with no switch, then the digit fires the cue
             await _references(page)
@@ -533,16 +586,16 @@ def test_page_fires_a_cue_with_a_key_and_the_picture_changes(server):
             sent = time.monotonic()
             # its first block made (prompt_applied, listed with its cue), and the caption on it
             await page.locator("#applied li.applied", has_text=label).filter(has_text=f"cue {n}").wait_for(
-                timeout=60_000)
+                timeout=SERVER_MS)
             await page.wait_for_function("(t) => document.getElementById('now').textContent === t", arg=label,
-                                         timeout=60_000)
+                                         timeout=SERVER_MS)
             on_screen = time.monotonic()
             switched = await _differences(page, on_screen)
             after = await asyncio.to_thread(server_state, server)
             assert after["prompt"] == label, (after["prompt"], label)
             assert after["last_fire"]["cue"] == n and after["last_fire"]["quantize"] == "none", after["last_fire"]
             assert after["armed"] is None                       # firing the armed cue disarmed it
-            await page.wait_for_selector(f"#cues li[data-cue='{n}'][data-live='true']", timeout=10_000)
+            await page.wait_for_selector(f"#cues li[data-cue='{n}'][data-live='true']", timeout=SERVER_MS)
             assert f"cue {n}" in await page.inner_text("#last-fire")
             print(f"\ncue {n} on screen {on_screen - sent:.1f} s after its key; differences (0-255): "
                   f"no switch {[round(x, 1) for x in none]}, switch {[round(x, 1) for x in switched]}")
@@ -586,10 +639,10 @@ def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
     async def main() -> None:
         async with chromium() as (browser, errors):
             page = await open_page(browser, server, errors, init=FAKE_MIDI)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("document.getElementById('midi-status').textContent"
-                                         ".includes('1 input (Fake MIDI keys)')", timeout=10_000)
-            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=10_000)
+                                         ".includes('1 input (Fake MIDI keys)')", timeout=PAGE_MS)
+            await page.wait_for_function("document.querySelectorAll('#cues li').length >= 9", timeout=SERVER_MS)
             state = await asyncio.to_thread(server_state, server)
             cue2 = next(c for c in state["cues"] if c["cue"] == 2)["label"]
             if state["prompt"] == cue2:               # (an earlier test left cue 2 on screen)
@@ -633,7 +686,7 @@ def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
 
             # -- a reload keeps the mapping (localStorage): CC 7 = 0 sets a cut again
             await page.reload()
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("document.getElementById('midi-status').textContent.includes('Fake')")
             assert await page.evaluate(MAPPINGS) == mapped
             await page.evaluate("window.__midi([0xB0, 7, 0])")
@@ -654,10 +707,10 @@ def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
 
             # -- import into a fresh context (its own localStorage, empty)
             fresh = await open_page(browser, server, errors, init=FAKE_MIDI)
-            await fresh.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await fresh.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             assert await fresh.evaluate(MAPPINGS) == []
             await fresh.set_input_files("#midi-import", files=[timeline_file("longlive-midi.json", exported)])
-            await fresh.wait_for_function(f"{MAPPINGS}.length === 2", timeout=5_000)
+            await fresh.wait_for_function(f"{MAPPINGS}.length === 2", timeout=PAGE_MS)
             assert await fresh.evaluate(MAPPINGS) == mapped
             assert "Imported 2 mappings" in await fresh.evaluate(MIDI_MESSAGE)
             stored = json.loads(await fresh.evaluate("localStorage.getItem('longlive.midi-map')"))
@@ -665,14 +718,14 @@ def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
 
             # -- bad files: one sentence in the page, the mappings unchanged
             await fresh.set_input_files("#midi-import", files=[timeline_file("bad.json", b"{not json")])
-            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('bad.json was not imported')", timeout=5_000)
+            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('bad.json was not imported')", timeout=PAGE_MS)
             assert await fresh.evaluate(MIDI_MESSAGE) == \
                 "bad.json was not imported: it is not valid JSON; the mappings are unchanged."
             assert await fresh.get_attribute("#midi-message", "data-bad") == "true"
             wrong = {**doc, "mappings": [{"control": {"type": "note", "channel": 0, "number": 300},
                                           "target": {"action": "fire", "cue": 3}}]}
             await fresh.set_input_files("#midi-import", files=[timeline_file("wrong.json", wrong)])
-            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('wrong.json was not imported')", timeout=5_000)
+            await fresh.wait_for_function(f"{MIDI_MESSAGE}.includes('wrong.json was not imported')", timeout=PAGE_MS)
             assert "mappings[0].control needs a number from 0 to 127" in await fresh.evaluate(MIDI_MESSAGE)
             assert await fresh.evaluate(MAPPINGS) == mapped
             assert json.loads(await fresh.evaluate("localStorage.getItem('longlive.midi-map')")) == stored
@@ -682,7 +735,7 @@ def test_page_learns_midi_mappings_keeps_exports_and_imports_them(server):
             for init, says in ((NO_MIDI, "this browser has no Web MIDI"), (None, "permission was denied")):
                 other = await open_page(browser, server, errors, init=init)
                 await other.wait_for_function("(t) => document.getElementById('midi-status').textContent"
-                                              ".includes(t)", arg=says, timeout=10_000)
+                                              ".includes(t)", arg=says, timeout=SERVER_MS)
                 await other.close()
 
     OUTPUT.mkdir(parents=True, exist_ok=True)
@@ -696,7 +749,7 @@ def test_page_sets_the_tempo_by_field_and_by_tapping(server):
     async def main() -> None:
         async with chromium() as (browser, errors):
             page = await open_page(browser, server, errors)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("!document.getElementById('tap').disabled")
             await page.fill("#bpm", "90")
             await page.press("#bpm", "Enter")                  # sends it, and hands the keys back
@@ -704,25 +757,30 @@ def test_page_sets_the_tempo_by_field_and_by_tapping(server):
             assert await page.evaluate("document.activeElement === document.body")
 
             # the beat indicator counts on by itself (at 90 BPM a beat is 0.67 s)
-            seen = set()
-            for _ in range(12):
-                seen.add(await page.get_attribute("#beat", "data-beat"))
-                await asyncio.sleep(0.15)
-            assert len(seen) >= 2 and await page.locator("#beat .beat-dot").count() == 4, seen
+            await page.wait_for_function("document.getElementById('beat').dataset.beat !== undefined",
+                                         timeout=PAGE_MS)
+            beat = await page.get_attribute("#beat", "data-beat")
+            await page.wait_for_function("(b) => document.getElementById('beat').dataset.beat !== b", arg=beat,
+                                         timeout=PAGE_MS)
+            assert await page.locator("#beat .beat-dot").count() == 4
 
-            # the button's centre, so a click is one mouse event (no actionability checks to wait for)
+            # the pointer on the button's centre, so a click is the press and the release alone
             box = await page.locator("#tap").bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
-            await asyncio.sleep(2.2)                           # past the tap reset: a new run
+            await page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            await asyncio.sleep(2.2)          # no tap for longer than the server's tap reset (2 s): a new run
+            # each tap is one input event sent on time (the key's press; the button's release, its press sent
+            # ahead), so keys and clicks reach the page equally late on a loaded machine
             start = time.monotonic()
             for i in range(4):
+                if i % 2:
+                    await page.mouse.down()
                 await asyncio.sleep(max(0.0, start + 0.5 * i - time.monotonic()))
                 if i % 2:
-                    await page.mouse.click(x, y)
+                    await page.mouse.up()
                 else:
-                    await page.keyboard.press("t")
-            await asyncio.sleep(1.0)                           # the last tap reaches the server
-            s = await asyncio.to_thread(server_state, server)
+                    await page.keyboard.down("t")
+                    await page.keyboard.up("t")
+            s = await wait_for_state(server, lambda s: s["tempo"]["bpm"] != 90, "a tempo from the taps")
             assert 100 <= s["tempo"]["bpm"] <= 145, s["tempo"]
             await page.wait_for_function("Math.abs(Number(document.getElementById('bpm').value) - 120) <= 25")
             print(f"\nfour taps 0.5 s apart: {s['tempo']['bpm']} BPM")
@@ -791,9 +849,9 @@ def test_prompt_to_photon_latency_in_the_page(server):
         async with chromium() as (browser, errors):
             watcher = await open_page(browser, server, errors, path="/watch")
             page = await open_page(browser, server, errors)
-            await page.wait_for_function(f"{STATUS} === 'live'", timeout=60_000)
+            await page.wait_for_function(f"{STATUS} === 'live'", timeout=SERVER_MS)
             await page.wait_for_function("document.getElementById('video').getVideoPlaybackQuality()"
-                                         ".totalVideoFrames > 48", timeout=60_000)
+                                         ".totalVideoFrames > 48", timeout=SERVER_MS)
             state = await asyncio.to_thread(server_state, server)
             # a prompt far from the one on screen (cue texts: they change the tiny model's picture most)
             texts = [c["label"] for c in state["cues"] if len(c["prompts"]) == 1]
@@ -802,17 +860,25 @@ def test_prompt_to_photon_latency_in_the_page(server):
                         and t != state["prompt"])
             await page.fill("#prompt", text)
             await page.evaluate(PHOTON_WATCH)
-            await asyncio.sleep(1.5)                                  # a reference level before the switch
+            watched = "window.__photon.frames.length"
+            await page.wait_for_function(f"{watched} >= 24", timeout=SERVER_MS)   # a reference level first
+            reported = await asyncio.to_thread(viewer_photons, server)            # (earlier pages' figures)
             sent = await page.evaluate("() => { const t = performance.now();"
                                        " document.getElementById('prompt-form').requestSubmit(); return t; }")
             await wait_for_state(server, lambda s: any(p["text"] == text for p in s["prompts"]), "the prompt applied")
             # the page's report came back measured: its latency figure says so
             await page.wait_for_function("document.getElementById('stat-latency').dataset.how === 'measured'",
-                                         timeout=20_000)
-            await asyncio.sleep(4.0)
+                                         timeout=SERVER_MS)
+            # four more seconds of frames (16 fps): the new picture's steady level (photon_time)
+            await page.wait_for_function(f"{watched} >= {await page.evaluate(watched)} + 64", timeout=SERVER_MS)
             frames = await page.evaluate("() => window.__photon.frames")
             applied = next(p for p in (await asyncio.to_thread(server_state, server))["prompts"] if p["text"] == text)
-            photons = await asyncio.to_thread(viewer_photons, server)
+            # both pages' reports of this switch (this page's came back measured; the watcher's may come later)
+            deadline = time.monotonic() + SERVER_MS / 1000
+            while len(photons := {v: x for v, x in (await asyncio.to_thread(viewer_photons, server)).items()
+                                  if reported.get(v) != x}) < 2:
+                assert time.monotonic() < deadline, f"the viewers' figures of this switch: {photons}"
+                await asyncio.sleep(0.2)
             await watcher.close()
             return {"sent": sent, "frames": frames, "applied": applied, "photons": photons}
 
@@ -824,13 +890,17 @@ def test_prompt_to_photon_latency_in_the_page(server):
     print(f"\nprompt to photon: {latency:.0f} ms seen in the page (the server generated its first block after "
           f"{out['applied']['latency_ms']:.0f} ms); measured by the server from the viewers' reports: "
           f"{photons} ms; {len(out['frames'])} frames watched")
-    assert 0 < latency < 15_000
-    # both pages reported: the two newest viewers (a page of an earlier test may still be connected for a
-    # while, until the server sees its connection fail); each figure comes after generation, and no later
-    # than the picture visibly changed
-    assert len(photons) >= 2, out["photons"]
-    for ms in [photons[v] for v in sorted(photons, key=int)[-2:]]:
-        assert out["applied"]["latency_ms"] <= ms <= latency + 250, (photons, latency)
+    assert 0 < latency < 60_000           # (a bound, not a speed check: a loaded machine is slow)
+    # both pages reported this switch (a page of an earlier test, still connected for a while until the
+    # server sees its connection fail, has no new figure); each figure comes after generation, and no later
+    # than the picture visibly changed. "After generation" within a block: the server takes its generation
+    # time (latency_ms) after it has published the block's frames, and its wall-clock origin for the photon
+    # figure when it announces prompt_applied, later still; on a loaded machine the engine's thread waits
+    # between those steps while the frames go out (seen: 1459 ms measured, 1661 ms "generated")
+    block_ms = 12 / 16 * 1000
+    assert len(photons) == 2, out["photons"]
+    for ms in photons.values():
+        assert out["applied"]["latency_ms"] - block_ms <= ms <= latency + 250, (photons, latency)
 
 
 def test_photon_time_finds_the_crossing():

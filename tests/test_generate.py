@@ -34,6 +34,7 @@ def _read(path: Path) -> tuple[int, float, tuple[int, int]]:
         return len(frames), float(s.average_rate), (frames[0].width, frames[0].height)
 
 
+@pytest.mark.slow
 def test_generate_writes_a_playable_mp4_with_the_asked_length(tmp_path):
     assert generate.run(_args(tmp_path, seconds=2.5, seed=3)) == 0
     frames, fps, size = _read(tmp_path / "out.mp4")
@@ -57,6 +58,7 @@ def _pixels(path: Path) -> list:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
+@pytest.mark.slow
 def test_same_seed_same_video_other_seed_other_video(tmp_path):
     runs = {}
     for name, seed in (("a", 1), ("b", 1), ("c", 2)):
@@ -68,6 +70,7 @@ def test_same_seed_same_video_other_seed_other_video(tmp_path):
     assert any((x != y).any() for x, y in zip(runs["a"], runs["c"]))
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     cases = [
@@ -82,7 +85,7 @@ def test_cli_errors_are_one_line(tmp_path):
     ]
     for extra, needle in cases:
         out = subprocess.run([sys.executable, "-m", "longlive", "generate", "--prompt", "x", "--seconds", "1", *extra],
-                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
         assert out.returncode == 2, (extra, out.stderr)
         err = out.stderr.strip()
         assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, (extra, err)
@@ -94,11 +97,11 @@ def test_sigterm_leaves_no_file_behind(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "longlive", "generate", "--prompt", "x", "--seconds", "600",
                              "-o", str(tmp_path / "long.mp4")], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "LONGLIVE_WEIGHTS": ""})
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300           # (starting takes seconds, many more on a loaded machine)
     while not list(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(tmp_path.iterdir()), "the render never started writing"
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
     assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err

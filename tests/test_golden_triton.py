@@ -33,6 +33,8 @@ TESTS = Path(__file__).resolve().parent
 KERNELS = ("attention", "rms_norm_rope", "modulated_layer_norm", "gated_residual", "rms_norm_channels")
 
 
+pytestmark = pytest.mark.slow      # `make test` runs it; `make check` leaves it out
+
 def test_golden_outputs_through_the_triton_kernels(tmp_path):
     calls_file = tmp_path / "calls.json"
     env = {**os.environ, "LONGLIVE_KERNELS": "triton", "LONGLIVE_KERNEL_CALLS": str(calls_file),

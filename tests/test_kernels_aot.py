@@ -20,6 +20,8 @@ import pytest
 
 from streaming.config import load_config
 
+pytestmark = pytest.mark.slow      # `make test` runs it; `make check` leaves it out
+
 REPO = Path(__file__).resolve().parents[1]
 ARCHS = (90, 89)
 KERNELS = {"_attention_fwd", "_rms_norm_rope_fwd", "_modulated_layer_norm_fwd", "_gated_residual_fwd",

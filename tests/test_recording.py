@@ -201,7 +201,7 @@ def state(url: str) -> dict:
     return json.loads(get(url + "/api/state"))
 
 
-def wait_for(predicate, what: str, timeout: float = 60):
+def wait_for(predicate, what: str, timeout: float = 180):
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
