@@ -26,7 +26,7 @@ from test_engine import FakePipeline
 from test_framebus import FakeClock
 from test_protocol import next_message
 
-WAIT_S = 15.0                  # a deadline on any one wait, never a timing assertion
+WAIT_S = 60.0                  # a deadline on any one wait, never a timing assertion
 
 
 @dataclass

@@ -56,7 +56,7 @@ def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritt
     async def body(client, ws, engine):
         api.answer_text("The paper boat drifts left across the pond.")
         await ws.send_json({"type": "enhance", "id": 1, "text": "it drifts"})
-        got = await next_message(ws, ("enhanced",), timeout=20)
+        got = await next_message(ws, ("enhanced",), timeout=60)
         assert (got["id"], got["input"], got["text"], got["source"], got["error"]) == \
             (1, "it drifts", "The paper boat drifts left across the pond.", "ai", None)
         assert got["input_tokens"] == 10 and got["output_tokens"] == 5
@@ -66,15 +66,15 @@ def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritt
 
         api.answer_text("The paper boat spins clockwise, fast.")
         await ws.send_json({"type": "prompt", "id": 2, "text": "it spins", "enhance": True})
-        assert (await next_message(ws, ("enhanced",), timeout=20))["text"] == "The paper boat spins clockwise, fast."
+        assert (await next_message(ws, ("enhanced",), timeout=60))["text"] == "The paper boat spins clockwise, fast."
         assert (await next_message(ws, ("ack",)))["id"] == 2
-        applied = await next_message(ws, ("prompt_applied",), timeout=20)
+        applied = await next_message(ws, ("prompt_applied",), timeout=60)
         assert (applied["id"], applied["text"]) == (2, "The paper boat spins clockwise, fast.")
 
         # the history now carries what went live: the next request says so
         api.answer_text("The boat sinks.")
         await ws.send_json({"type": "enhance", "id": 3, "text": "it sinks"})
-        await next_message(ws, ("enhanced",), timeout=20)
+        await next_message(ws, ("enhanced",), timeout=60)
         assert "The paper boat spins clockwise, fast." in user_text(api.messages_requests()[-1])
 
         # over HTTP the answer is the enhanced map itself
@@ -85,7 +85,7 @@ def test_enhance_answers_the_rewrite_and_a_prompt_with_enhance_goes_live_rewritt
         r = await client.post("/api/prompt", json={"text": "gold", "enhance": True, "id": "h"})
         reply = await r.json()
         assert r.status == 202 and reply["type"] == "ack" and reply["enhanced"]["text"] == "The boat is gold."
-        applied = await next_message(ws, ("prompt_applied",), timeout=20)
+        applied = await next_message(ws, ("prompt_applied",), timeout=60)
         assert (applied["id"], applied["text"]) == ("h", "The boat is gold.")
         state = await (await client.get("/api/state")).json()
         assert state["enhancer"] == {"available": True, "notice": None}
@@ -113,7 +113,7 @@ def test_a_failing_model_falls_back_to_the_prompt_as_sent(monkeypatch, caplog, t
         await ws.send_json({"type": "prompt", "id": "p", "text": "a red kite", "enhance": True})
         got = await next_message(ws, ("enhanced",), timeout=30)
         assert got["source"] == "raw" and got["text"] == "a red kite" and says in got["error"]
-        applied = await next_message(ws, ("prompt_applied",), timeout=20)
+        applied = await next_message(ws, ("prompt_applied",), timeout=60)
         assert applied["text"] == "a red kite"                          # the prompt went live as sent
 
     with FakeMessagesAPI() as api:
@@ -157,7 +157,7 @@ def test_no_key_means_a_notice_and_prompts_as_written(monkeypatch):
             await ws.send_json({"type": "prompt", "id": 1, "text": "as is", "enhance": True})
             got = await next_message(ws, ("enhanced",))
             assert (got["text"], got["source"]) == ("as is", "raw")
-            assert (await next_message(ws, ("prompt_applied",), timeout=20))["text"] == "as is"
+            assert (await next_message(ws, ("prompt_applied",), timeout=60))["text"] == "as is"
             await ws.close()
 
     asyncio.run(main())

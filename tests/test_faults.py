@@ -507,7 +507,9 @@ def test_sigterm_while_the_llm_api_hangs_stops_at_once_and_cleanly(monkeypatch):
         finally:
             output = stop_server(proc)         # exit 0, "stopped", no traceback, within 30 s (the API's
     took = time.monotonic() - t                # timeout is 20 s a try, 3 tries)
-    assert took < 15, f"the shutdown waited {took:.0f} s for the hung API call"
+    # waiting for the hung call would take at least one try's 20 s; a clean stop on a loaded machine has
+    # taken up to ~15 s (most of it the interpreter's teardown after "stopped"), so the bound sits just under
+    assert took < 19, f"the shutdown waited {took:.0f} s for the hung API call"
     for complaint in ("Task was destroyed but it is pending", "Unclosed client session", "Unclosed connector",
                       "Exception ignored", "sk-ant-test-SHUTDOWN42"):
         assert complaint not in output, output[-3000:]

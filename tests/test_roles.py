@@ -23,7 +23,7 @@ from test_whep import WhepPlayer
 
 PERFORMER_TOKEN = "stage-door-7d1f"
 VIEWER_TOKEN = "ticket-0c55e2"
-DEADLINE_S = 20.0
+DEADLINE_S = 60.0       # a deadline on any one wait, never a timing assertion
 
 
 def test_who_gets_which_role():

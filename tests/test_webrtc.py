@@ -78,14 +78,18 @@ def start_server(*args: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.P
     pytest.fail("the server did not start:\n" + "".join(lines) + (proc.stdout.read() or ""))
 
 
+STOP_S = 120.0
+
+
 def stop_server(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> str:
-    """SIGTERM (or `sig`: SIGINT is Ctrl-C), which must end the server cleanly (exit 0, no traceback) within 30 s."""
+    """SIGTERM (or `sig`: SIGINT is Ctrl-C), which must end the server cleanly (exit 0, no traceback).
+    The deadline only bounds a hung server: on a loaded machine a clean stop has taken over 30 s."""
     proc.send_signal(sig)
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=STOP_S)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail(f"the server did not stop within 30 s of {signal.Signals(sig).name}")
+        pytest.fail(f"the server did not stop within {STOP_S:.0f} s of {signal.Signals(sig).name}")
     proc.drain.join(5)  # type: ignore[attr-defined]
     out = "".join(proc.output)  # type: ignore[attr-defined]
     assert proc.returncode == 0, out
@@ -139,7 +143,7 @@ class Viewer:
         # checked before connecting, so that a server offering other addresses is never contacted there
         assert set(candidate_addresses(self.answer_sdp)) == set(LOOPBACK), self.answer_sdp
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=body["sdp"], type=body["type"]))
-        await self.wait_for(lambda m: m["type"] == "hello", timeout=20)
+        await self.wait_for(lambda m: m["type"] == "hello", timeout=120)
         return self
 
     async def _read(self, track) -> None:
@@ -278,7 +282,7 @@ def test_one_viewer_steers_the_stream_and_survives_garbage(server):
             mark = viewer.send({"type": "prompt", "text": "a lighthouse in a storm", "id": "p1"})
             ack = await viewer.wait_for(lambda m: m["type"] in ("ack", "error"), start=mark)
             assert ack == {"type": "ack", "id": "p1", "command": "prompt"}
-            applied = await viewer.wait_for(lambda m: m["type"] == "prompt_applied", start=mark, timeout=30)
+            applied = await viewer.wait_for(lambda m: m["type"] == "prompt_applied", start=mark, timeout=120)
             assert applied["id"] == "p1" and applied["text"] == "a lighthouse in a storm"
             assert applied["latency_ms"] >= 0 and applied["plays_in_ms"] >= 0
 
@@ -302,14 +306,14 @@ def test_one_viewer_steers_the_stream_and_survives_garbage(server):
 
             # the stats tell generated from delivered frames: both come, for this one viewer
             stats = await viewer.wait_for(lambda m: m["type"] == "stats" and m["delivered_fps"] is not None
-                                          and m["generated_fps"], timeout=30)
+                                          and m["generated_fps"], timeout=120)
             assert stats["viewers"] >= 1 and not stats["paused"]
             assert {"fps", "gen_fps", "generated_fps", "delivered_fps", "delivered_fps_min",
                     "rate_window_s"} <= set(stats)
             assert stats["delivered_fps_min"] <= stats["delivered_fps"] and stats["rate_window_s"] > 0
 
             # frames keep arriving after the garbage (how fast is printed, not asserted)
-            await viewer.wait_frames(n_bad + 5 * FPS, timeout=60)   # about 5 s of stream, for the figure
+            await viewer.wait_frames(n_bad + 5 * FPS, timeout=120)   # about 5 s of stream, for the figure
             t1 = time.monotonic()
             print(f"\none viewer received {viewer.rate(t0, t1):.2f} fps over {t1 - t0:.1f} s "
                   f"({len(viewer.frames) - n0} frames); server stats: generated {stats['generated_fps']}, "
@@ -348,7 +352,7 @@ def test_five_viewers_share_one_stream_and_leave_nothing_behind(server):
             # one generation: a prompt from one viewer reaches every viewer at the same block and frame
             marks = [len(v.messages) for v in viewers]
             viewers[0].send({"type": "prompt", "text": "the same for everyone", "id": "all"})
-            applied = [await v.wait_for(lambda m: m["type"] == "prompt_applied", start=k, timeout=30)
+            applied = [await v.wait_for(lambda m: m["type"] == "prompt_applied", start=k, timeout=120)
                        for v, k in zip(viewers, marks)]
             assert len({(a["block"], a["frame"], a["text"]) for a in applied}) == 1
 
@@ -358,7 +362,7 @@ def test_five_viewers_share_one_stream_and_leave_nothing_behind(server):
             rates = [v.rate(t0, time.monotonic()) for v in viewers]
             stats = await viewers[1].wait_for(lambda m: m["type"] == "stats" and m["viewers"] == 5
                                               and m["delivered_fps_min"], start=len(viewers[1].messages),
-                                              timeout=30)
+                                              timeout=120)
             print(f"\nfive viewers received {', '.join(f'{r:.1f}' for r in rates)} fps; server stats: generated "
                   f"{stats['generated_fps']}, delivered {stats['delivered_fps']} (slowest "
                   f"{stats['delivered_fps_min']}), played {stats['fps']} fps")
@@ -368,7 +372,7 @@ def test_five_viewers_share_one_stream_and_leave_nothing_behind(server):
 
             # three say goodbye with DELETE, two just close their peer connection
             await asyncio.gather(*(v.close(delete=i < 3) for i, v in enumerate(viewers)))
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 120
             while True:
                 after = await health(http, server)
                 settled = (after["sessions"] == 0 and after["peer_connections"] == 0 and after["controllers"] == 0
