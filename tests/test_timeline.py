@@ -265,9 +265,10 @@ def test_main_prompt_is_the_heaviest_first_of_equals():
 
 # ---- malformed input: one sentence naming the field --------------------------------------------
 
-def _with(path, value):
+def edited(base, path, value):
+    """A maker of `base()` with the value at `path` replaced by `value` (KeyError: removed)."""
     def make():
-        d = scope(seg(0, 5, "a"), seg(5, 11.2, ("b", 50), ("c", 50)), seg(12, 20, "d"))
+        d = base()
         target = d
         for key in path[:-1]:
             target = target[key]
@@ -277,6 +278,10 @@ def _with(path, value):
             target[path[-1]] = value
         return d
     return make
+
+
+def _with(path, value):
+    return edited(lambda: scope(seg(0, 5, "a"), seg(5, 11.2, ("b", 50), ("c", 50)), seg(12, 20, "d")), path, value)
 
 
 MALFORMED = [

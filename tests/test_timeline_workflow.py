@@ -226,17 +226,8 @@ def test_a_workflow_with_only_what_longlive_uses_has_no_note():
 # ---- malformed: one sentence naming the field ----------------------------------------------------
 
 def _with(path, value):
-    def make():
-        d = copy.deepcopy(WORKFLOW)
-        target = d
-        for key in path[:-1]:
-            target = target[key]
-        if value is KeyError:
-            del target[path[-1]]
-        else:
-            target[path[-1]] = value
-        return d
-    return make
+    from test_timeline import edited
+    return edited(lambda: copy.deepcopy(WORKFLOW), path, value)
 
 
 E = ["timeline", "entries"]
