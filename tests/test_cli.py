@@ -262,7 +262,9 @@ def test_port_in_use_under_make_serve_says_PORT():
         # and `make serve` does start it so (setup and client taken as done: nothing is installed)
         if not (REPO / ".venv" / "bin" / "longlive").exists() or not shutil.which("make"):
             pytest.skip("no make, or no .venv/bin/longlive (make setup)")
-        made = subprocess.run(["make", "-o", "setup", "-o", "client", "serve", f"PORT={port}"], cwd=REPO,
+        # (ARGS= and HOST=: a `make test ARGS=...` around this passes its own in the environment)
+        made = subprocess.run(["make", "-o", "setup", "-o", "client", "serve", f"PORT={port}", "ARGS=",
+                               "HOST=127.0.0.1"], cwd=REPO,
                               capture_output=True, text=True, timeout=300,
                               env={**os.environ, "LONGLIVE_WEIGHTS": "", "MAKEFLAGS": ""})
     assert made.returncode != 0
