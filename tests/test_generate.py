@@ -91,17 +91,29 @@ def test_cli_errors_are_one_line(tmp_path):
         assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1, (extra, err)
 
 
+def _as_a_service_starts_it() -> None:
+    """In the child before exec: SIGTERM and SIGINT neither blocked nor ignored, as a service manager
+    or a terminal starts a program (a test run may inherit them blocked or ignored: a background job)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_sigterm_leaves_no_file_behind(tmp_path):
     """Killed politely mid-render (SIGTERM, as a service manager does), the command removes its
     temporary file and writes no output: nothing half-written is left in the folder."""
     proc = subprocess.Popen([sys.executable, "-m", "longlive", "generate", "--prompt", "x", "--seconds", "600",
                              "-o", str(tmp_path / "long.mp4")], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "LONGLIVE_WEIGHTS": ""})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "LONGLIVE_WEIGHTS": ""},
+                            preexec_fn=_as_a_service_starts_it)
     deadline = time.monotonic() + 300           # (starting takes seconds, many more on a loaded machine)
     while not list(tmp_path.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list(tmp_path.iterdir()), "the render never started writing"
+    # how the child holds SIGTERM (blocked / ignored / caught masks), for the message if it is not obeyed
+    masks = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+             if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err
+    assert proc.returncode == 143, (err, masks)
     assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err
