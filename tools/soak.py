@@ -60,8 +60,8 @@ and a summary, and exits 1 when a check fails:
   lists the first prompt and every switch, in order.
 - no `error` event, the server exits 0 with "stopped" and no traceback.
 
-All traffic stays on 127.0.0.1. Linux only (/proc). `tests/test_soak.py` runs this for 5
-minutes (`LONGLIVE_SOAK_SECONDS`, default 300).
+All traffic stays on 127.0.0.1. Linux only (/proc). `tests/test_soak.py` runs this for 2.5
+minutes (`LONGLIVE_SOAK_SECONDS`, default 150).
 """
 
 from __future__ import annotations
