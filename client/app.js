@@ -519,7 +519,9 @@ function arm(cue) {
   send("arm", { cue });
 }
 
-const tap = () => send("tap");
+// a tap says when it happened on this page's clock (the input event's time, in seconds), so the
+// server measures the beat between taps where the finger was, not where the network delivered it
+const tap = (ev) => send("tap", { at: ev.timeStamp / 1000 });
 
 ui.onCueClick((action, cue) => (action === "arm" ? arm(cue) : fire(cue)));
 els.tap.addEventListener("click", tap);
@@ -532,7 +534,7 @@ document.addEventListener("keydown", (ev) => {
   const what = keyAction(ev);
   if (!what) return;
   ev.preventDefault();
-  if (what.action === "tap") tap();
+  if (what.action === "tap") tap(ev);
   else if (what.action === "arm") arm(what.cue);
   else fire(what.cue);
 });

@@ -369,6 +369,9 @@ class TempoCommand(Command):
 class TapCommand(Command):
     TYPE = "tap"
     DOC = "Tap tempo: a beat is now; taps a steady interval apart set the BPM, and the latest tap is a downbeat."
+    # when the tap happened on the tapper's own clock (seconds, any origin: the page sends its input
+    # event's time): the interval between two taps of one connection is measured on it
+    at: float | None = spec(Real(0, 1e12), default=None)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
+import statistics
+
 import pytest
 
 from server.control.hub import ControlHub, ServerInfo
@@ -78,6 +80,38 @@ def test_tap_tempo_sets_the_bpm_and_the_downbeat():
     t[0] += 0.4
     tempo.tap()
     assert tempo.bpm == pytest.approx(150)
+
+
+def test_taps_that_say_when_they_happened_are_measured_on_the_tappers_clock():
+    """A page's taps 0.5 s apart on its own clock arrive bunched by a slow network (0.0, 0.9, 1.0, 1.6 s):
+    the tempo is 120 BPM, not the arrivals' 63; another connection's clock, a span no run could have,
+    or a tap with no time falls back to the arrivals."""
+    t = [10.0]
+    tempo = TempoClock(90, 4, clock=lambda: t[0])
+    page, other = object(), object()
+    for arrived, at in zip((10.0, 10.9, 11.0, 11.6), (500.0, 500.5, 501.0, 501.5)):
+        t[0] = arrived
+        tempo.tap(at, page)
+    assert tempo.bpm == pytest.approx(120)
+    assert tempo.state()["taps"] == 4
+    assert tempo.beat_at(11.6) == pytest.approx(3.0)               # the latest tap lands on beat 3
+    for arrived, at in ((12.1, 502.0), (12.6, 502.5)):             # the run goes on past the taps kept
+        t[0] = arrived
+        tempo.tap(at, page)
+    assert tempo.beat_at(12.6) == pytest.approx(5.0) and tempo.state()["taps"] == 6
+    t[0] = 15.0
+    tempo.tap(900.0, page)                                         # over 2 s since: a new run
+    assert tempo.state()["taps"] == 1
+    t[0] = 15.5
+    tempo.tap(900.4, other)                                        # another tapper's clock: arrivals
+    assert tempo.bpm == pytest.approx(120)
+    t[0] = 16.25
+    tempo.tap(907.4, other)                                        # 7 s on its clock: more than a run
+    assert tempo.bpm == pytest.approx(60 / statistics.median([0.5, 0.75]))
+    t[0] = 16.5
+    tempo.tap(None, other)                                         # no time said: arrivals
+    assert tempo.state()["taps"] == 4
+    assert tempo.bpm == pytest.approx(60 / statistics.median([0.5, 0.75, 0.25]))
 
 
 # -- cues ----------------------------------------------------------------------------------------------

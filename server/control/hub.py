@@ -402,7 +402,8 @@ class ControlHub:
         self._ack(command, reply)
 
     def _tap(self, command: TapCommand, reply: Callable[[Event], None]) -> None:
-        self.tempo.tap()
+        # the connection is the tapper (its `send`'s owner): its own clock measures its taps
+        self.tempo.tap(command.at, getattr(reply, "__self__", None))
         self._ack(command, reply)
 
     def _set_transition(self, command: TransitionCommand, reply: Callable[[Event], None]) -> None:

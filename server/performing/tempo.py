@@ -7,7 +7,10 @@ first one at or after a time). Changing the BPM keeps the beat now where it is (
 
 Tap tempo (`tap`): taps a steady interval apart set the BPM, the median of the last
 `TAP_KEEP` intervals; the first tap of a run is a downbeat and every tap lands on a beat. A
-pause longer than `TAP_RESET_S` starts a new run.
+pause longer than `TAP_RESET_S` starts a new run. A tap may say when it happened on the
+tapper's own clock (the page sends its input event's time): two taps of one tapper are then
+measured on that clock, so a network or an event loop that delays one tap more than the next
+does not bend the tempo; taps without it (OSC, HTTP) are measured when they arrive.
 
 Ableton Link (`LinkTempo`, with the optional `aalink` package): the clock follows the
 session's tempo and beat, read a few times a second on the event loop; the BPM set here
@@ -39,7 +42,8 @@ class TempoClock:
         self._bpm = float(bpm)
         self._beats_per_bar = int(beats_per_bar)
         self._origin = clock()          # clock time of beat 0
-        self._taps: list[float] = []
+        self._taps: list[_Tap] = []     # the run's latest taps (the last TAP_KEEP intervals)
+        self._run_taps = 0               # taps in the run: its first is beat 0, every tap a beat on
         self.source = "internal"        # internal | link
 
     # -- reading (any thread) ------------------------------------------------------------------
@@ -83,7 +87,8 @@ class TempoClock:
         beat = self.beat_at(now)
         with self._lock:
             return {"bpm": round(self._bpm, 3), "beats_per_bar": self._beats_per_bar, "source": self.source,
-                    "beat": round(beat, 3), "bar_beat": int(math.floor(beat)) % self._beats_per_bar + 1}
+                    "beat": round(beat, 3), "bar_beat": int(math.floor(beat)) % self._beats_per_bar + 1,
+                    "taps": self._run_taps}
 
     # -- changing ----------------------------------------------------------------------------------
     def set(self, bpm: float, beats_per_bar: int | None = None) -> None:
@@ -103,25 +108,45 @@ class TempoClock:
                 self._bpm = min(MAX_BPM, max(MIN_BPM, float(bpm)))
             self._origin = at - beat * 60.0 / self._bpm
 
-    def tap(self) -> bool:
-        """A tap now. True when it set the tempo (the second tap of a run on)."""
+    def tap(self, at: float | None = None, tapper: object = None) -> bool:
+        """A tap now. `at`: when it happened on `tapper`'s own clock (seconds, any origin); the
+        interval from the tapper's previous tap is measured on that clock when both carry one.
+        True when it set the tempo (the second tap of a run on)."""
         now = self.clock()
         with self._lock:
-            if self._taps and now - self._taps[-1] > TAP_RESET_S:
-                self._taps = []
-            self._taps = (self._taps + [now])[-(TAP_KEEP + 1):]
+            if self._taps and now - self._taps[-1].arrived > TAP_RESET_S:
+                self._taps, self._run_taps = [], 0
+            self._taps = (self._taps + [_Tap(now, at, tapper)])[-(TAP_KEEP + 1):]
+            self._run_taps += 1
             taps = list(self._taps)
             if len(taps) < 2:
                 self._origin = now          # the first tap of a run is a downbeat
                 return False
-            interval = statistics.median(b - a for a, b in zip(taps, taps[1:]))
+            interval = statistics.median(b.since(a) for a, b in zip(taps, taps[1:]))
             if interval <= 0:
                 return False
             self._bpm = min(MAX_BPM, max(MIN_BPM, 60.0 / interval))
-            # the run's first tap stays a downbeat; the taps are beats 0, 1, 2 ... of it
-            first_beat = round((taps[0] - self._origin) * self._bpm / 60.0)
-            self._origin = now - (first_beat + len(taps) - 1) * 60.0 / self._bpm
+            # the run's first tap stays a downbeat: the taps are beats 0, 1, 2 ... of it
+            self._origin = now - (self._run_taps - 1) * 60.0 / self._bpm
             return True
+
+
+class _Tap:
+    """One tap: when it arrived (this clock), and when it happened on its tapper's clock, if said."""
+
+    __slots__ = ("arrived", "at", "tapper")
+
+    def __init__(self, arrived: float, at: float | None, tapper: object):
+        self.arrived, self.at, self.tapper = arrived, at, tapper
+
+    def since(self, before: "_Tap") -> float:
+        """Seconds from `before` to this tap: on the tapper's clock when both taps are the same
+        tapper's and say when they happened (and that span could be a run's), else on arrival."""
+        if self.tapper is not None and self.tapper is before.tapper and self.at is not None and before.at is not None:
+            span = self.at - before.at
+            if 0 < span <= TAP_RESET_S:
+                return span
+        return self.arrived - before.arrived
 
 
 class LinkTempo:
