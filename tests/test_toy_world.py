@@ -145,3 +145,21 @@ def test_made_up_words_are_never_in_the_vocabulary():
     vocabulary = set(words())
     assert not {made_up_word(rng) for _ in range(500)} & vocabulary
     assert {"red", "ball", "night", "sky", "left", "small"} <= vocabulary
+
+
+# -- the tokenizer -----------------------------------------------------------------------------------------
+def test_the_tokenizer_gives_each_known_word_its_token_and_every_other_word_the_same_unknown_one():
+    from training.vocabulary import EOS, PAD, UNK, build_tokenizer
+
+    tok = build_tokenizer()
+    assert tok.to_str() == build_tokenizer().to_str()                       # the same ids on every run
+    assert (tok.token_to_id(PAD), tok.token_to_id(EOS)) == (0, 1)            # as the byte tokenizer's
+    assert tok.get_vocab_size() == len(words()) + 3 + 3                      # words, punctuation, specials
+    unknown = tok.token_to_id(UNK)
+    ids = tok.encode("Blue TRIANGLE. Night sky, it drifts upward").ids
+    assert unknown not in ids and len(ids) == 9 and ids[2] == tok.token_to_id(".")
+    said = tok.encode("a red ball over grass").ids
+    odd = tok.encode("a red zorblax ball over quixotic grass").ids
+    assert [i for i in odd if i != unknown] == said and odd.count(unknown) == 2
+    rng = np.random.default_rng(3)
+    assert all(tok.encode(made_up_word(rng)).ids == [unknown] for _ in range(20))
