@@ -73,6 +73,11 @@ def test_the_object_moves_at_the_world_s_speed_from_the_centre(motion, direction
     assert after_1s - start == pytest.approx(np.array(direction) * SPEED, abs=1)
 
 
+def test_a_clip_renders_the_frames_asked_for_as_in_the_whole_clip():
+    clip = Clip((Scene("red", "ball", "up", "ocean"), Scene("white", "triangle", "left", "ocean")), (0, 12), 24, 9)
+    assert np.array_equal(render(clip, [3, 12, 23]), render(clip)[[3, 12, 23]])
+
+
 def test_moving_off_an_edge_comes_back_on_the_other():
     scene = Scene("yellow", "square", "right", "ocean")
     frames = int((WIDTH / 2) / SPEED * FPS) + 8            # past the right edge

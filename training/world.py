@@ -22,6 +22,7 @@ What is drawn, so that words decide the picture (docs/TOY_WORLD.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -121,14 +122,15 @@ def bounce_lift(clip: Clip) -> np.ndarray:
     return lift
 
 
-def render(clip: Clip) -> np.ndarray:
-    """[frames, HEIGHT, WIDTH, 3] uint8 RGB."""
+def render(clip: Clip, frames: Sequence[int] | None = None) -> np.ndarray:
+    """[frames, HEIGHT, WIDTH, 3] uint8 RGB: every frame of the clip, or those listed."""
     rng = np.random.default_rng(clip.seed)
     textures = {name: _texture(name, rng) for name in SETTINGS}
     centres, lift = positions(clip), bounce_lift(clip)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32) + 0.5
-    video = np.empty((clip.frames, HEIGHT, WIDTH, 3), dtype=np.uint8)
-    for f in range(clip.frames):
+    wanted = range(clip.frames) if frames is None else list(frames)
+    video = np.empty((len(wanted), HEIGHT, WIDTH, 3), dtype=np.uint8)
+    for i, f in enumerate(wanted):
         scene = clip.scene_at(f)
         frame = _background(scene.setting, textures[scene.setting], f)
         cx, cy = centres[f]
@@ -137,7 +139,7 @@ def render(clip: Clip) -> np.ndarray:
         outline = _OUTLINES[scene.setting]
         frame = frame * (1 - ring[..., None]) + outline * ring[..., None]
         frame = frame * (1 - fill[..., None]) + colour * fill[..., None]
-        video[f] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
+        video[i] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
     return video
 
 
