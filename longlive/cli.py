@@ -378,13 +378,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
+    from studio import stopping
+
+    stopping.request(128 + signum)   # long commands check at each block too (studio/stopping.py)
     raise SystemExit(128 + signum)   # unwinds like Ctrl-C: files being written are removed
 
 
 # the packages the commands import, by module, as a user knows them (the rest go by module name)
 PACKAGE_NAMES = {"torch": "PyTorch", "av": "PyAV", "yaml": "PyYAML", "pythonosc": "python-osc",
                  "prometheus_client": "prometheus-client"}
-OUR_PACKAGES = {"longlive", "server", "studio", "streaming", "kernels", "bench", "client", "configs", "tools"}
+OUR_PACKAGES = {"longlive", "server", "studio", "streaming", "training", "kernels", "bench", "client", "configs",
+                "tools"}
 
 
 def missing_package(e: ModuleNotFoundError) -> str | None:

@@ -23,6 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from streaming.config import choose_preset, load_config
     from streaming.pipeline import VideoPipeline
 
+    from . import stopping
     from .videofile import VideoWriter, check_output
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -42,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     with VideoWriter(args.output, width, height, fps) as out, \
             tqdm(total=total, unit="frame", desc="generate", file=sys.stderr, disable=None) as bar:
         while out.frames < total:
+            stopping.check()
             block = pipe.next_frames()
             frames = block.frames[: total - out.frames]
             out.write(frames)

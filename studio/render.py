@@ -51,6 +51,7 @@ from tqdm import tqdm
 
 from streaming.errors import UserError
 
+from . import stopping
 from .lineage import Lineage, Run
 from .sidecar import MadeBlock, Recipe, SidecarBuilder, Source, block_hash
 from .timeline import BlockClock, Timeline
@@ -348,6 +349,7 @@ class Renderer:
         if b == r.first_block:
             self._reach(r.lineage, r.first_block, run_index)
             cause = None if run_index == 0 else "jump"
+        stopping.check()
         blk = self.pipe.next_frames()
         self._apply(r.lineage, b + 1)
         self._keep(r.lineage, b + 1)

@@ -114,6 +114,11 @@ def test_sigterm_leaves_no_file_behind(tmp_path):
     masks = [line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
              if line.startswith(("SigBlk", "SigIgn", "SigCgt"))]
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()                              # not left rendering beside the rest of the suite
+        _, err = proc.communicate()
+        pytest.fail(f"SIGTERM not obeyed within 120 s; the child's signal masks {masks}, its stderr {err!r}")
     assert proc.returncode == 143, (err, masks)
     assert list(tmp_path.iterdir()) == [] and "Traceback" not in err, err
