@@ -209,6 +209,7 @@ def wait_for(predicate, what: str, timeout: float = 180):
     return value
 
 
+@pytest.mark.integration      # `longlive serve` as a program
 def test_serve_records_from_the_start_over_http_and_a_kill_9_leaves_a_playable_file(tmp_path):
     proc, url = start_server("--record", str(tmp_path))
     try:
