@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Union
 
+from studio import stopping   # a flag only (studio/__init__ imports nothing): imported before any signal
+
 EXIT_USAGE = 2
 MAX_SECONDS = 24 * 3600       # longest `generate` (a day of video)
 
@@ -378,8 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    from studio import stopping
-
     stopping.request(128 + signum)   # long commands check at each block too (studio/stopping.py)
     raise SystemExit(128 + signum)   # unwinds like Ctrl-C: files being written are removed
 
