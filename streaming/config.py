@@ -90,6 +90,9 @@ class VAEConfig:
     dim_mult: tuple[int, ...] = (1, 2, 4, 4)
     num_res_blocks: int = 2
     temporal_downsample: tuple[bool, ...] = (False, True, True)
+    # residual blocks per encoder stage; None: num_res_blocks, as the official VAE (whose
+    # decoder has one more per stage). A toy decoder with none needs some here to change widths.
+    encoder_res_blocks: int | None = None
     # torch's intra-op CPU threads while a block is decoded (at most the machine's cores), then
     # back to what they were (`runtime.threads`); 0: no change. CPU only. The decoder's
     # full-resolution convolutions are large enough to split well over cores, unlike a toy
@@ -350,6 +353,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"{where}: text.dim ({t.dim}) must equal model.text_dim ({m.text_dim})")
     if t.dim_attn % t.num_heads:
         raise ConfigError(f"{where}: text.dim_attn ({t.dim_attn}) is not a multiple of text.num_heads ({t.num_heads})")
+    if cfg.vae.encoder_res_blocks is not None and cfg.vae.encoder_res_blocks < 0:
+        raise ConfigError(f"{where}: vae.encoder_res_blocks must be at least 0, not {cfg.vae.encoder_res_blocks}")
     for key, value in (("runtime.threads", cfg.runtime.threads), ("vae.threads", cfg.vae.threads)):
         if value < 0:
             raise ConfigError(f"{where}: {key} must be 0 (no change) or a positive number of threads, not {value}")

@@ -83,6 +83,7 @@ CACHE_T = 2          # temporal kernel 3: each causal conv reaches 2 frames back
 NORM_EPS = 1e-12     # F.normalize's floor on the channel norm
 SMALL_C = 8          # at most this many channels: norm as a loop over channels (faster on CPU)
 ENCODER_PREFIXES = ("encoder.", "conv1.")
+DECODER_PREFIXES = ("decoder.", "conv2.")
 
 
 # -- state ----------------------------------------------------------------------------
