@@ -46,6 +46,45 @@ class Seen:
 
 def measure(frame: np.ndarray) -> Seen:
     """What `frame` ([H, W, 3] uint8 RGB) shows."""
+    setting, rgb, mask, shift = _find(frame)
+    area = int(mask.sum())
+    if area < 20:
+        return Seen(setting, False)
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    fill = area / float((np.ptp(xs) + 1) * (np.ptp(ys) + 1))
+    shape = next(name for bound, name in FILL_CLASSES if fill < bound)
+    x, y = (_circular_mean(mask, 1) - shift[1]) % w, (_circular_mean(mask, 0) - shift[0]) % h
+    return Seen(setting, True, colour_name(_interior(rgb, mask).mean(0)), shape, fill, x, y, area)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How crisp the object is: its area (pixels), the saturation of its interior (HLS, 0-1)
+    and its edge contrast (the mean luminance gradient on its boundary, levels a pixel)."""
+    found: bool
+    area: int = 0
+    saturation: float = 0.0
+    edge: float = 0.0
+
+
+def quality(frame: np.ndarray) -> Quality:
+    """The object's `Quality` in `frame` (found as `measure` finds it)."""
+    _, rgb, mask, _ = _find(frame)
+    area = int(mask.sum())
+    if area < 20:
+        return Quality(False)
+    r, g, b = (_interior(rgb, mask).mean(0) / 255.0).tolist()
+    saturation = colorsys.rgb_to_hls(r, g, b)[2]
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    gy = np.abs(np.roll(luma, -1, 0) - np.roll(luma, 1, 0)) / 2
+    gx = np.abs(np.roll(luma, -1, 1) - np.roll(luma, 1, 1)) / 2
+    boundary = _dilate(mask) & ~_erode(mask)
+    return Quality(True, area, float(saturation), float(np.hypot(gx, gy)[boundary].mean()))
+
+
+def _find(frame: np.ndarray) -> tuple[str, np.ndarray, np.ndarray, tuple[int, int]]:
+    """(setting, the frame rolled so the object is central, its mask there, the roll)."""
     rgb = frame.astype(np.float32)
     h, w = rgb.shape[:2]
     background = np.median(rgb.reshape(-1, 3), axis=0)
@@ -53,21 +92,18 @@ def measure(frame: np.ndarray) -> Seen:
     distance = np.abs(rgb - background).max(-1)
     mask = distance > max(40.0, 2.0 * float(np.percentile(distance, 90)))
     if mask.sum() < 20:
-        return Seen(setting, False)
+        return setting, rgb, np.zeros_like(mask), (0, 0)
     # the object moved to the centre first (specks spread evenly barely move a circular mean), so
     # that one split across an edge is whole when its holes are filled and its box is taken
     shift = (int(round(h / 2 - _circular_mean(mask, 0))), int(round(w / 2 - _circular_mean(mask, 1))))
     mask = _open(_fill_holes(np.roll(mask, shift, axis=(0, 1))))
-    area = int(mask.sum())
-    if area < 20:
-        return Seen(setting, False)
-    ys, xs = np.nonzero(mask)
-    fill = area / float((np.ptp(xs) + 1) * (np.ptp(ys) + 1))
-    shape = next(name for bound, name in FILL_CLASSES if fill < bound)
+    return setting, np.roll(rgb, shift, axis=(0, 1)), mask, shift
+
+
+def _interior(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The object's pixels clear of its outline (the mask eroded twice), or all of them when few."""
     interior = _erode(_erode(mask))
-    pixels = np.roll(rgb, shift, axis=(0, 1))[interior if interior.sum() >= 4 else mask]
-    x, y = (_circular_mean(mask, 1) - shift[1]) % w, (_circular_mean(mask, 0) - shift[0]) % h
-    return Seen(setting, True, colour_name(pixels.mean(0)), shape, fill, x, y, area)
+    return rgb[interior if interior.sum() >= 4 else mask]
 
 
 def colour_name(rgb: np.ndarray) -> str:

@@ -251,7 +251,7 @@ _SECTIONS = {
 
 _CHOICES = {
     ("vae", "kind"): ("wan", "taehv"),
-    ("text", "kind"): ("umt5", "byte"),
+    ("text", "kind"): ("umt5", "byte", "word"),
     ("text", "placement"): ("resident", "offload"),
     ("runtime", "dtype"): ("float32", "bfloat16", "float16"),
     ("runtime", "kernels"): ("auto", "triton", "torch"),

@@ -181,6 +181,10 @@ class CausalDiT(nn.Module):
     @torch.no_grad()
     def encode_prompt(self, context: torch.Tensor) -> CrossKV:
         """Text encoder output [B, text_len, text_dim] (pad rows zero) -> per-layer cross K/V."""
+        return self.cross_kv(context)
+
+    def cross_kv(self, context: torch.Tensor) -> CrossKV:
+        """`encode_prompt` with gradients (training)."""
         if context.shape[-2:] != (self.cfg.text_len, self.cfg.text_dim):
             raise ValueError(f"prompt embedding must be [B, {self.cfg.text_len}, {self.cfg.text_dim}], "
                              f"not {list(context.shape)}")
@@ -196,6 +200,12 @@ class CausalDiT(nn.Module):
         The call's keys and values go into `window` (see `KVWindow.plan`); the window's
         indices move only if the call appends new frames.
         """
+        return self.predict(latents, timestep, prompt, window, start_frame, rewrite_sink)
+
+    def predict(self, latents: torch.Tensor, timestep: torch.Tensor, prompt: CrossKV, window: KVWindow,
+                start_frame: int, rewrite_sink: bool = False) -> torch.Tensor:
+        """`forward` with gradients (training: the window's slots this call writes then carry
+        them, so train on a window made for the step)."""
         cfg = self.cfg
         b, f, c, hgt, wid = latents.shape
         pt, ph, pw = cfg.patch_size

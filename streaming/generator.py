@@ -141,13 +141,29 @@ class StreamingGenerator:
                 self.trace("denoise", block, i, x, x0)
             if i < last:
                 x = Schedule.renoise(x0, self.noise.draw(block, i, shape, self.device), self._sigmas[i + 1])
-        dit(x0, self._t_context, self.prompt, self.window, start)   # clean K/V for this block
-        if self.trace is not None:
-            self.trace("context", block, -1, x0, x0)
-        self._remember(x0)
-        self.frame += shape[1]
-        self.block += 1
+        self._settle(x0)
         return x0
+
+    @torch.no_grad()
+    def feed(self, x0: torch.Tensor) -> None:
+        """Take clean latents x0 [B, frames_per_block, C, h, w] as the next block instead of
+        generating one: a pending switch is applied first, then the block's clean keys and
+        values are written exactly as after a generated block (teacher forcing; latents from
+        an encoder)."""
+        self._require_started()
+        if tuple(x0.shape) != self.block_shape:
+            raise ValueError(f"a fed block must be {list(self.block_shape)}, not {list(x0.shape)}")
+        self.apply_switch()
+        self._settle(x0.to(self.device, torch.float32))
+
+    def _settle(self, x0: torch.Tensor) -> None:
+        """The block's context pass (clean K/V at the context timestep), then advance."""
+        self.dit(x0, self._t_context, self.prompt, self.window, self.frame)
+        if self.trace is not None:
+            self.trace("context", self.block, -1, x0, x0)
+        self._remember(x0)
+        self.frame += x0.shape[1]
+        self.block += 1
 
     def _remember(self, x0: torch.Tensor) -> None:
         keep = self.cfg.window.local_attn_size

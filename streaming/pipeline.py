@@ -143,7 +143,7 @@ class VideoPipeline:
         kernels.set_default_mode(cfg.runtime.kernels)
         apply_runtime(cfg.runtime)       # process-wide: torch's CPU threads
         dit = _maybe_fp8(build_dit(cfg, dev, dtype), cfg, dev)
-        text = PromptEncoder.random(cfg, dev) if cfg.text.kind == "umt5" else make_text_encoder(cfg, None, dev)
+        text = PromptEncoder.random(cfg, dev) if cfg.text.kind != "byte" else make_text_encoder(cfg, None, dev)
         return cls(cfg, StreamingGenerator(dit, cfg), text, make_decoder(cfg, None, dev, dtype), embedded_default=True)
 
     # -- stream control -------------------------------------------------------

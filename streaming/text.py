@@ -311,11 +311,17 @@ class ByteTokenizer:
 
     vocab_size = 256 + BYTE_OFFSET
 
-    def __init__(self, text_len: int):
+    def __init__(self, text_len: int, vocab_size: int | None = None):
+        """`vocab_size` below 258 (random weights of a smaller vocabulary: `bench`) folds the
+        byte ids into it, so every id is a row of the embedding."""
         self.text_len = text_len
+        self.fold = vocab_size if vocab_size is not None and vocab_size < self.vocab_size else None
 
     def __call__(self, cleaned: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return pad_ids([b + BYTE_OFFSET for b in cleaned.encode("utf-8")], BYTE_EOS_ID, self.text_len)
+        ids = [b + BYTE_OFFSET for b in cleaned.encode("utf-8")]
+        if self.fold is not None:
+            ids = [BYTE_OFFSET + (i - BYTE_OFFSET) % (self.fold - BYTE_OFFSET) for i in ids]
+        return pad_ids(ids, BYTE_EOS_ID, self.text_len)
 
 
 class UMT5Tokenizer:
@@ -350,6 +356,36 @@ class UMT5Tokenizer:
         return pad_ids(ids, self.eos_id, self.text_len)
 
 
+class WordTokenizer:
+    """A word-level tokenizer.json (the toy world's, `training/vocabulary.py`) through the
+    `tokenizers` library: one id per known word, `[UNK]` for every other, `[EOS]` appended."""
+
+    def __init__(self, tokenizer, eos_id: int, text_len: int):
+        self.tokenizer, self.eos_id, self.text_len = tokenizer, eos_id, text_len
+
+    @classmethod
+    def from_folder(cls, folder: str | Path | None, text_len: int, vocab_size: int) -> "WordTokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        if folder is None:
+            raise WeightsError("no tokenizer for the word-level text encoder: expected tokenizer.json in the weights folder")
+        path = Path(folder) / "tokenizer.json"
+        try:
+            tok = HFTokenizer.from_file(str(path))
+        except Exception as exc:
+            raise WeightsError(f"{path} is not a readable tokenizer.json ({exc})") from None
+        eos = tok.token_to_id("[EOS]")
+        if eos is None or tok.token_to_id("[UNK]") is None:
+            raise WeightsError(f"{path} has no [EOS] or [UNK] token, so it is not a word-level tokenizer of this project")
+        if tok.get_vocab_size() > vocab_size:
+            raise WeightsError(f"{path} has {tok.get_vocab_size()} tokens, more than the config's text.vocab_size "
+                               f"({vocab_size})")
+        return cls(tok, eos, text_len)
+
+    def __call__(self, cleaned: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return pad_ids(self.tokenizer.encode(cleaned).ids, self.eos_id, self.text_len)
+
+
 # -- the encoder the pipeline uses ----------------------------------------------
 class PromptEncoder:
     """Prompt -> [1, text_len, text_dim] float32 embedding, cached by cleaned prompt."""
@@ -374,8 +410,8 @@ class PromptEncoder:
         """The configured encoder size with random weights and the byte tokenizer: what
         `bench` needs to measure memory and speed without any files."""
         device = torch.device(device)
-        return cls(cfg, random_encoder(cfg, device, encoder_dtype(device)), ByteTokenizer(cfg.model.text_len), device,
-                   placement="resident")
+        return cls(cfg, random_encoder(cfg, device, encoder_dtype(device)),
+                   ByteTokenizer(cfg.model.text_len, cfg.text.vocab_size), device, placement="resident")
 
     @classmethod
     def from_config(cls, cfg: Config, files: WeightFiles | None, device: torch.device | str) -> "PromptEncoder":
@@ -388,11 +424,16 @@ class PromptEncoder:
             tokenizer: Tokenizer = ByteTokenizer(m.text_len)
             log.info("text encoder: byte tokenizer + tiny seeded UMT5 (%d layers, dim %d)", tc.num_layers, tc.dim)
         else:
+            word = tc.kind == "word"
             if files is None or files.t5 is None:
                 where = f" in {files.root}" if files is not None else ""
-                raise WeightsError(f"the {cfg.source} config needs the UMT5 text encoder "
-                                   f"models_t5_umt5-xxl-enc-bf16.pth, which was not found{where}")
-            tokenizer = UMT5Tokenizer.from_folder(files.tokenizer, m.text_len)
+                wanted = "text_encoder.safetensors" if word else "models_t5_umt5-xxl-enc-bf16.pth"
+                raise WeightsError(f"the {cfg.source} config needs the {'word-level' if word else 'UMT5'} text encoder "
+                                   f"{wanted}, which was not found{where}")
+            if word:
+                tokenizer = WordTokenizer.from_folder(files.tokenizer, m.text_len, tc.vocab_size)
+            else:
+                tokenizer = UMT5Tokenizer.from_folder(files.tokenizer, m.text_len)
             model = load_umt5(cfg, files.t5, home, dtype, pin=home != device and device.type == "cuda")
         return cls(cfg, model, tokenizer, device)
 

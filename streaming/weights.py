@@ -42,6 +42,9 @@ FILE_NAMES = {
     "t5": "models_t5_umt5-xxl-enc-bf16.pth",
     "taehv": "taew2_1.pth",
 }
+# other names a file may have: the toy world's trained weights (`longlive train`, docs/TOY_WORLD.md)
+# keep the official key layout in safetensors files
+OTHER_NAMES = {"vae": ("vae.safetensors",), "t5": ("text_encoder.safetensors",)}
 OFFICIAL_DIRS = ("", "wan_models/Wan2.1-T2V-1.3B", "Wan2.1-T2V-1.3B", "longlive_models/models", "longlive_models",
                  "models", "taehv")
 TOKENIZER_DIRS = ("google/umt5-xxl", "wan_models/Wan2.1-T2V-1.3B/google/umt5-xxl", "Wan2.1-T2V-1.3B/google/umt5-xxl",
@@ -73,9 +76,9 @@ def locate(root: str | Path) -> WeightFiles:
     found: dict[str, Path] = {}
     for key, name in FILE_NAMES.items():
         for sub in OFFICIAL_DIRS:
-            p = root / sub / name
-            if p.is_file():
-                found[key] = p
+            hits = [root / sub / n for n in (name, *OTHER_NAMES.get(key, ())) if (root / sub / n).is_file()]
+            if hits:
+                found[key] = hits[0]
                 break
     for sub in TOKENIZER_DIRS:
         p = root / sub / "tokenizer.json"

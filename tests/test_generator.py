@@ -178,3 +178,32 @@ def test_switch_before_the_window_is_full_rewrites_the_sink_in_both_modes():
     for a, b in zip(streams[(True, 2)], streams[(False, 2)]):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(streams[(True, 6)][-1], streams[(False, 6)][-1], atol=1e-3)
+
+
+@pytest.mark.parametrize("switch_at", [None, 2, 5])
+def test_feeding_a_generated_block_continues_exactly_as_generating_it(switch_at):
+    """`feed` (teacher forcing, encoded input) settles a block as the sampler settles its own:
+    a stream fed the latents another stream generated, with the same switches, generates
+    the same next blocks."""
+    cfg = small_config()
+    a, b = _gen(cfg), _gen(cfg)
+    b.dit.load_state_dict(a.dit.state_dict())
+    pa, pb = _embedding(cfg, 1), _embedding(cfg, 2)
+    a.reset(pa, seed=3)
+    b.reset(pa, seed=3)
+    switches = {} if switch_at is None else {switch_at: pb}
+    made = _run(a, 6, switches)
+    for i, x0 in enumerate(made):
+        if i in switches:
+            b.switch_prompt(switches[i])
+        b.feed(x0)
+    assert (b.frame, b.block) == (a.frame, a.block)
+    assert torch.equal(a.next_block(), b.next_block())
+
+
+def test_feeding_a_block_of_the_wrong_shape_is_refused():
+    cfg = small_config()
+    gen = _gen(cfg)
+    gen.reset(_embedding(cfg, 1))
+    with pytest.raises(ValueError, match="a fed block must be"):
+        gen.feed(torch.zeros(1, 2, 16, 8, 8))

@@ -26,6 +26,8 @@ from typing import Sequence
 
 import numpy as np
 
+# raised whenever what a scene renders to changes: trained weights name the world they learnt
+WORLD_VERSION = 1
 WIDTH, HEIGHT, FPS = 320, 192, 16
 SPEED = 40.0                    # pixels a second for moving left/right/up/down (a width in 8 s)
 BOUNCE_HZ = 1.0                 # bounces a second

@@ -1,0 +1,191 @@
+"""`longlive train`: the toy world's model from a seed, stage by stage, resumable.
+
+Stages, each checkpointed in the run folder so `--resume` continues where a run stopped:
+
+1. ``vae``: the Wan-structured VAE on crops of the world's clips (`vae_training`), then its
+   latents normalised (`fold_normalisation`) -> ``vae.safetensors``;
+2. ``latents``: `clips` clips of the world (training scenes only, half with a switch) encoded
+   whole by the trained encoder -> ``latents.pt``;
+3. ``dit``: the DiT and the text encoder by teacher forcing (`dit_training`) ->
+   ``diffusion_pytorch_model.safetensors``, ``text_encoder.safetensors``, ``tokenizer.json``;
+4. ``manifest.json``: the command, seed, world version, sizes, losses, time per stage and the
+   sha256 of every weight file.
+
+Every step's figures go to ``losses.jsonl``; progress bars go to stderr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from streaming.config import Config, load_config
+from streaming.vae_encoder import WanVAEEncoder
+
+from . import checkpoint
+from .clips import block_start_frame, random_clip
+from .dit_training import DiTTraining, LatentClips, train_dit
+from .vae_training import VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
+from .vocabulary import build_tokenizer
+from .wan_vae import ToyVAE
+from .world import WORLD_VERSION, render
+
+log = logging.getLogger(__name__)
+
+CLIP_BLOCKS = 6
+
+
+@dataclass(frozen=True)
+class ToyTraining:
+    vae: VAETraining = field(default_factory=VAETraining)
+    clips: int = 320
+    stats_clips: int = 12
+    dit: DiTTraining = field(default_factory=DiTTraining)
+
+
+QUICK = ToyTraining(vae=VAETraining(steps=6, batch=2, frames=5, crop=32, pool=2, checkpoint_every=3),
+                    clips=3, stats_clips=2,
+                    dit=DiTTraining(steps=30, batch=2, checkpoint_every=10))
+
+
+class Log:
+    """losses.jsonl: one line per step of every stage."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = path.open("a")
+
+    def __call__(self, stage: str, step: int, figures: dict) -> None:
+        self.file.write(json.dumps({"stage": stage, "step": step, **{k: round(v, 6) for k, v in figures.items()}}) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _bar(desc: str, total: int, initial: int) -> tqdm:
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+
+
+def stage_vae(cfg: Config, plan: ToyTraining, out: Path, seed: int, resume: bool, log_: Log) -> Path:
+    final = out / "vae.safetensors"
+    if resume and final.exists():
+        return final
+    ckpt = out / "vae.ckpt"
+    start = checkpoint.load(ckpt)["step"] if resume and ckpt.exists() else 0
+    with _bar("vae", plan.vae.steps, start) as bar:
+        def report(step: int, figures: dict) -> None:
+            log_("vae", step, figures)
+            bar.update(1)
+            bar.set_postfix(loss=f"{figures['loss']:.4f}")
+        vae = train_vae(cfg.vae, plan.vae, seed, ckpt, resume, report)
+    rng = np.random.default_rng(seed + 1)
+    clips = [_to_video(render(random_clip(rng, 3))) for _ in range(plan.stats_clips)]
+    mean, std = latent_statistics(vae, clips)
+    fold_normalisation(vae, mean, std)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(final))
+    return final
+
+
+def stage_latents(cfg: Config, plan: ToyTraining, out: Path, vae_path: Path, seed: int, resume: bool) -> LatentClips:
+    path = out / "latents.pt"
+    state = checkpoint.load(path) if resume and path.exists() else {"step": 0, "latents": [], "clips": [], "switch": []}
+    enc = WanVAEEncoder(cfg.vae)
+    from safetensors.torch import load_file
+    enc.load_state_dict({k: v for k, v in load_file(str(vae_path)).items() if k.startswith(("encoder.", "conv1."))})
+    enc.eval()
+    rng = np.random.default_rng([seed, 2])
+    draws = [random_clip(rng, CLIP_BLOCKS) for _ in range(plan.clips)]   # the same clips on a resumed run
+    with _bar("latents", plan.clips, state["step"]) as bar, torch.no_grad():
+        for i in range(state["step"], plan.clips):
+            clip = draws[i]
+            video = torch.from_numpy(render(clip)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+            state["latents"].append(enc(video[None])[0].half())
+            state["clips"].append(clip)
+            starts = [b for b in range(1, CLIP_BLOCKS) if len(clip.starts) > 1 and block_start_frame(b) == clip.starts[1]]
+            state["switch"].append(starts[0] if starts else 0)
+            state["step"] = i + 1
+            bar.update(1)
+            if state["step"] % 20 == 0 or state["step"] == plan.clips:
+                checkpoint.save(path, state)
+    return LatentClips(torch.stack(state["latents"]), state["clips"], state["switch"])
+
+
+def stage_dit(cfg: Config, plan: ToyTraining, out: Path, data: LatentClips, seed: int, resume: bool, log_: Log) -> None:
+    tokenizer = build_tokenizer()
+    if tokenizer.get_vocab_size() > cfg.text.vocab_size:
+        raise ValueError(f"the world's tokenizer has {tokenizer.get_vocab_size()} tokens, text.vocab_size is {cfg.text.vocab_size}")
+    ckpt = out / "dit.ckpt"
+    start = checkpoint.load(ckpt)["step"] if resume and ckpt.exists() else 0
+    with _bar("dit", plan.dit.steps, start) as bar:
+        def report(step: int, figures: dict) -> None:
+            log_("dit", step, figures)
+            bar.update(1)
+            bar.set_postfix(loss=f"{figures['loss']:.4f}")
+        dit, text = train_dit(cfg, plan.dit, data, tokenizer, seed, ckpt, resume, report)
+    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "diffusion_pytorch_model.safetensors"))
+    save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(out / "text_encoder.safetensors"))
+    tokenizer.save(str(out / "tokenizer.json"))
+
+
+def _loss_summary(path: Path) -> dict:
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    out = {}
+    for stage in ("vae", "dit"):
+        losses = [r["loss"] for r in rows if r["stage"] == stage]
+        if losses:
+            k = max(1, min(50, len(losses) // 10))
+            out[stage] = {"steps": len(losses), "first": float(np.mean(losses[:k])), "last": float(np.mean(losses[-k:]))}
+    return out
+
+
+def run(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", argv: list[str] | None = None) -> dict:
+    """Every stage in order; returns the manifest (also written to out/manifest.json)."""
+    cfg = load_config(config)
+    plan = QUICK if quick else ToyTraining()
+    out.mkdir(parents=True, exist_ok=True)
+    threads = torch.get_num_threads()
+    log_ = Log(out / "losses.jsonl")
+    times: dict[str, float] = {}
+    try:
+        t0 = time.perf_counter()
+        vae_path = stage_vae(cfg, plan, out, seed, resume, log_)
+        times["vae_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        data = stage_latents(cfg, plan, out, vae_path, seed, resume)
+        times["latents_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stage_dit(cfg, plan, out, data, seed, resume, log_)
+        times["dit_s"] = time.perf_counter() - t0
+    finally:
+        log_.close()
+    files = ["vae.safetensors", "diffusion_pytorch_model.safetensors", "text_encoder.safetensors", "tokenizer.json"]
+    manifest = {
+        "what": "the toy world's LongLive-architecture model, trained by `longlive train`",
+        "command": " ".join(["longlive", "train", *(argv or [])]),
+        "config": config, "seed": seed, "world_version": WORLD_VERSION, "quick": quick,
+        "plan": dataclasses.asdict(plan),
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
+                    "cpu": platform.processor() or platform.machine()},
+        "seconds_this_run": {k: round(v, 1) for k, v in times.items()},
+        "losses": _loss_summary(out / "losses.jsonl"),
+        "files": {name: {"sha256": _sha256(out / name), "bytes": (out / name).stat().st_size} for name in files},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

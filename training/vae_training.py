@@ -1,0 +1,171 @@
+"""Training the toy world's VAE: the Wan structure at toy width, on crops of the world's clips.
+
+The VAE is fully convolutional, so it learns on small crops (much cheaper than whole frames)
+and runs on whole frames afterwards. Each step takes `batch` crops of `frames` frames (1 + 4k,
+a whole-clip encode) from a pool of rendered clips that is renewed a clip at a time; most crops
+are centred near the object (where the detail the model must keep is), the rest anywhere.
+
+Loss: mean squared error plus mean absolute error on the pixels of the decoded *sample*
+z = mu + sigma * eps (so the decoder tolerates latents that are not exactly the encoder's,
+which is what a DiT gives it), plus `kl_weight` times the KL divergence to N(0, 1) per element.
+
+`fold_normalisation` then rescales the encoder's output conv and the decoder's input conv so
+that the encoder's normalised latents, ``(mu - mean) / std`` with the official Wan constants,
+have zero mean and unit spread per channel over the world's frames: what the DiT's noise
+schedule assumes. The decoder's function of the normalised latent is unchanged by it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from streaming.config import VAEConfig
+
+from . import checkpoint
+from .clips import random_clip
+from .wan_vae import ToyVAE
+from .world import HEIGHT, WIDTH, positions, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VAETraining:
+    steps: int = 1500
+    batch: int = 4
+    frames: int = 5               # 1 + 4k: a whole-clip encode of 1 + k latents
+    crop: int = 64                # pixels, a multiple of the spatial factor
+    lr: float = 2e-3
+    kl_weight: float = 1e-4
+    pool: int = 16                # clips rendered and kept for cropping
+    pool_blocks: int = 4          # each clip's length, in blocks of the stream
+    renew_every: int = 4          # steps between renewing one clip of the pool
+    object_share: float = 0.75    # crops centred near the object
+    checkpoint_every: int = 200
+
+
+def _to_video(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T, H, W, 3] -> float [3, T, H, W] in [-1, 1]."""
+    return torch.from_numpy(frames).permute(3, 0, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+class CropPool:
+    """Rendered clips and the object's track in each; crops drawn from them."""
+
+    def __init__(self, spec: VAETraining, rng: np.random.Generator):
+        self.spec, self.rng = spec, rng
+        self.clips = [self._new() for _ in range(spec.pool)]
+
+    def _new(self) -> tuple[np.ndarray, np.ndarray]:
+        clip = random_clip(self.rng, self.spec.pool_blocks, switch_chance=0.5)
+        return render(clip), positions(clip)
+
+    def renew(self) -> None:
+        self.clips[int(self.rng.integers(len(self.clips)))] = self._new()
+
+    def batch(self) -> torch.Tensor:
+        s, rng = self.spec, self.rng
+        out = []
+        for _ in range(s.batch):
+            video, track = self.clips[int(rng.integers(len(self.clips)))]
+            t0 = int(rng.integers(video.shape[0] - s.frames + 1))
+            if rng.random() < s.object_share:
+                cx, cy = track[t0 + s.frames // 2] + rng.normal(0, s.crop / 6, 2)
+                x0, y0 = int(cx - s.crop / 2), int(cy - s.crop / 2)
+            else:
+                x0, y0 = int(rng.integers(WIDTH)), int(rng.integers(HEIGHT))
+            ys = (np.arange(s.crop) + y0) % HEIGHT        # the world wraps round its edges
+            xs = (np.arange(s.crop) + x0) % WIDTH
+            out.append(_to_video(video[t0:t0 + s.frames][:, ys][:, :, xs]))
+        return torch.stack(out)
+
+
+def vae_loss(vae: ToyVAE, video: torch.Tensor, kl_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+    mu, log_var = vae.moments(video)
+    log_var = log_var.clamp(-30.0, 20.0)
+    z = mu + torch.exp(0.5 * log_var) * torch.randn_like(mu)
+    recon = vae.decode(z)
+    mse = F.mse_loss(recon, video)
+    l1 = F.l1_loss(recon, video)
+    kl = 0.5 * (mu.square() + log_var.exp() - 1.0 - log_var).mean()
+    loss = mse + l1 + kl_weight * kl
+    return loss, {k: float(v.detach()) for k, v in (("loss", loss), ("mse", mse), ("l1", l1), ("kl", kl))}
+
+
+def train_vae(cfg: VAEConfig, spec: VAETraining, seed: int, ckpt_path: Path, resume: bool,
+              report: Callable[[int, dict[str, float]], None] | None = None) -> ToyVAE:
+    """Train (or go on training) the VAE; checkpoints to `ckpt_path` every `checkpoint_every`
+    steps and at the end. Returns the trained VAE, normalisation not yet folded."""
+    torch.manual_seed(seed)
+    vae = ToyVAE(cfg)
+    opt = torch.optim.AdamW(vae.parameters(), lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    step = 0
+    if resume and ckpt_path.exists():
+        state = checkpoint.load(ckpt_path)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        rng.bit_generator.state = state["rng"]
+        torch.set_rng_state(state["torch_rng"])
+        log.info("VAE: resuming at step %d of %d", step, spec.steps)
+    pool = CropPool(spec, rng)
+    sched = lambda s: spec.lr * min(1.0, (s + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * s / spec.steps))  # noqa: E731
+
+    def save() -> None:
+        checkpoint.save(ckpt_path, {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
+                                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+
+    while step < spec.steps:
+        t0 = time.perf_counter()
+        for g in opt.param_groups:
+            g["lr"] = sched(step)
+        loss, figures = vae_loss(vae, pool.batch(), spec.kl_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % spec.renew_every == 0:
+            pool.renew()
+        figures["ms"] = 1e3 * (time.perf_counter() - t0)
+        if report is not None:
+            report(step, figures)
+        if step % spec.checkpoint_every == 0 or step == spec.steps:
+            save()
+    return vae
+
+
+@torch.no_grad()
+def latent_statistics(vae: ToyVAE, clips: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and spread of the raw mean latents over whole clips [3, T, H, W]."""
+    mus = [vae.moments(c[None])[0] for c in clips]
+    flat = torch.cat([m.transpose(0, 1).flatten(1) for m in mus], 1)     # [z, N]
+    return flat.mean(1), flat.std(1).clamp_min(1e-3)
+
+
+@torch.no_grad()
+def fold_normalisation(vae: ToyVAE, mean: torch.Tensor, std: torch.Tensor) -> None:
+    """Rescale `conv1` (mu rows) and `conv2` so that normalised latents are standard per
+    channel; `mean`/`std` are the raw statistics of `latent_statistics`."""
+    enc = vae.encoder_module
+    wan_mean, wan_std = enc.mean.flatten(), enc.std.flatten()
+    z = mean.numel()
+    a = wan_std / std                        # raw' = a * raw + c: (raw' - wan_mean) / wan_std = (raw - mean) / std
+    c = wan_mean - a * mean
+    w, b = vae.conv1.weight, vae.conv1.bias   # [2z, 2z, 1, 1, 1]: mu rows first
+    w[:z] *= a.view(z, 1, 1, 1, 1)
+    b[:z] = a * b[:z] + c
+    b[z:] += 2.0 * torch.log(a)              # log-variance follows the scale
+    w2, b2 = vae.conv2.weight, vae.conv2.bias  # conv2(raw) must equal conv2_old((raw' - c) / a)
+    b2 -= (w2[..., 0, 0, 0] * (c / a).view(1, z)).sum(1)
+    w2 /= a.view(1, z, 1, 1, 1)
