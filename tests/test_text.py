@@ -253,3 +253,52 @@ def test_misshaped_or_missing_encoder_keys_are_one_error(tmp_path, fixture_set):
     files = WeightFiles(root=tmp_path, t5=tmp_path / "short.safetensors", tokenizer=tok_dir)
     with pytest.raises(WeightsError, match=r"short\.safetensors.*missing keys norm\.weight"):
         PromptEncoder.from_config(cfg, files, CPU)
+
+
+# -- the toy world's word-level tokenizer ----------------------------------------------------
+def _word_folder(tmp_path):
+    from training.vocabulary import build_tokenizer
+
+    build_tokenizer().save(str(tmp_path / "tokenizer.json"))
+    return tmp_path
+
+
+def test_word_tokenizer_knows_the_worlds_words_and_folds_the_rest(tmp_path):
+    from streaming.text import WordTokenizer
+
+    tok = WordTokenizer.from_folder(_word_folder(tmp_path), 8, 131)
+    ids, mask = tok(clean_prompt("A RED ball, blorptz."))
+    known = [i for i in ids[0, :int(mask.sum())].tolist()]
+    assert known[-1] == 1 and mask.sum() == 7                      # a red ball , [UNK] . then EOS
+    unk = tok.tokenizer.token_to_id("[UNK]")
+    assert known.count(unk) == 1 and known[:3] != [unk] * 3
+    same_unknown, _ = tok(clean_prompt("a red ball, zzqq."))
+    assert torch.equal(same_unknown, ids)                           # any unknown word is the same token
+    long, long_mask = tok(clean_prompt("red " * 20))
+    assert long_mask.sum() == 8 and long[0, 7] == 1                 # truncated, EOS kept last
+
+
+@pytest.mark.parametrize("content, words", [
+    ('{"not": "a tokenizer"}', "not a readable tokenizer.json"),
+])
+def test_word_tokenizer_refuses_bad_files(tmp_path, content, words):
+    from streaming.text import WordTokenizer
+
+    (tmp_path / "tokenizer.json").write_text(content)
+    with pytest.raises(WeightsError, match=words):
+        WordTokenizer.from_folder(tmp_path, 8, 131)
+
+
+def test_word_tokenizer_larger_than_the_config_is_refused(tmp_path):
+    from streaming.text import WordTokenizer
+
+    with pytest.raises(WeightsError, match="more than the config's text.vocab_size"):
+        WordTokenizer.from_folder(_word_folder(tmp_path), 8, 100)
+
+
+def test_random_encoder_of_a_small_vocabulary_folds_byte_ids():
+    """`bench` runs any preset with random weights: byte ids fold into a smaller vocabulary."""
+    from streaming.text import ByteTokenizer
+
+    ids, _ = ByteTokenizer(16, vocab_size=131)(clean_prompt("ÿÿ zz"))
+    assert int(ids.max()) < 131 and int(ids[0, 0]) >= 2

@@ -165,9 +165,10 @@ def teacher_forced_loss(dit: CausalDiT, text_encoder: UMT5Encoder, captioner: Ca
 
 def train_dit(cfg: Config, spec: DiTTraining, data: LatentClips, tokenizer, seed: int, ckpt_path: Path,
               resume: bool, report: Callable[[int, dict[str, float]], None] | None = None,
-              init: dict | None = None) -> tuple[CausalDiT, UMT5Encoder]:
+              init: dict | None = None, until: int | None = None) -> tuple[CausalDiT, UMT5Encoder]:
     """Train (or go on training) the DiT and the text encoder by teacher forcing; checkpoints to
-    `ckpt_path`. `init`: {"dit": state, "text": state} to start from (a later stage)."""
+    `ckpt_path` (`until`: stop after that step, as an interrupted run would). `init`:
+    {"dit": state, "text": state} to start from (a later stage)."""
     torch.manual_seed(seed)
     dit = CausalDiT(cfg.model)
     text_encoder = UMT5Encoder(cfg.text)
@@ -198,7 +199,7 @@ def train_dit(cfg: Config, spec: DiTTraining, data: LatentClips, tokenizer, seed
 
     dit.train()
     text_encoder.train()
-    while step < spec.steps:
+    while step < min(spec.steps, until or spec.steps):
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = sched(step)
@@ -212,6 +213,6 @@ def train_dit(cfg: Config, spec: DiTTraining, data: LatentClips, tokenizer, seed
         if report is not None:
             report(step, {"loss": float(loss.detach()), "target": structure.target, "long": int(bool(structure.long_gap)),
                           "ms": 1e3 * (time.perf_counter() - t0)})
-        if step % spec.checkpoint_every == 0 or step == spec.steps:
+        if step % spec.checkpoint_every == 0 or step in (spec.steps, until):
             save()
     return dit.eval(), text_encoder.eval()

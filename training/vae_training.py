@@ -33,17 +33,20 @@ from streaming.config import VAEConfig
 from . import checkpoint
 from .clips import random_clip
 from .wan_vae import ToyVAE
-from .world import HEIGHT, WIDTH, positions, render
+from .world import HEIGHT, WIDTH, Clip, positions, render
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class VAETraining:
-    steps: int = 1500
-    batch: int = 4
-    frames: int = 5               # 1 + 4k: a whole-clip encode of 1 + k latents
-    crop: int = 64                # pixels, a multiple of the spatial factor
+    steps: int = 2000
+    batch: int = 3
+    # 1 + 4k: a whole-clip encode of 1 + k latents. Long enough that most latents have several
+    # before them: trained on two latents only, the decoder's causal convs broke down from the
+    # third latent of a stream on (the steady state it never saw)
+    frames: int = 21
+    crop: int = 48                # pixels, a multiple of the spatial factor
     lr: float = 2e-3
     kl_weight: float = 1e-4
     pool: int = 16                # clips rendered and kept for cropping
@@ -51,6 +54,7 @@ class VAETraining:
     renew_every: int = 4          # steps between renewing one clip of the pool
     object_share: float = 0.75    # crops centred near the object
     checkpoint_every: int = 200
+    warmup: int = 100             # steps of linear learning-rate warm-up
 
 
 def _to_video(frames: np.ndarray) -> torch.Tensor:
@@ -59,18 +63,22 @@ def _to_video(frames: np.ndarray) -> torch.Tensor:
 
 
 class CropPool:
-    """Rendered clips and the object's track in each; crops drawn from them."""
+    """Rendered clips and the object's track in each; crops drawn from them. `specs` (the
+    clips themselves) is what a checkpoint keeps: rendering is a function of the clip."""
 
-    def __init__(self, spec: VAETraining, rng: np.random.Generator):
+    def __init__(self, spec: VAETraining, rng: np.random.Generator, specs: list[Clip] | None = None):
         self.spec, self.rng = spec, rng
-        self.clips = [self._new() for _ in range(spec.pool)]
+        self.specs = specs if specs is not None else [random_clip(rng, spec.pool_blocks, 0.5) for _ in range(spec.pool)]
+        self.clips = [self._render(c) for c in self.specs]
 
-    def _new(self) -> tuple[np.ndarray, np.ndarray]:
-        clip = random_clip(self.rng, self.spec.pool_blocks, switch_chance=0.5)
+    @staticmethod
+    def _render(clip: Clip) -> tuple[np.ndarray, np.ndarray]:
         return render(clip), positions(clip)
 
     def renew(self) -> None:
-        self.clips[int(self.rng.integers(len(self.clips)))] = self._new()
+        i = int(self.rng.integers(len(self.clips)))
+        self.specs[i] = random_clip(self.rng, self.spec.pool_blocks, 0.5)
+        self.clips[i] = self._render(self.specs[i])
 
     def batch(self) -> torch.Tensor:
         s, rng = self.spec, self.rng
@@ -102,30 +110,32 @@ def vae_loss(vae: ToyVAE, video: torch.Tensor, kl_weight: float) -> tuple[torch.
 
 
 def train_vae(cfg: VAEConfig, spec: VAETraining, seed: int, ckpt_path: Path, resume: bool,
-              report: Callable[[int, dict[str, float]], None] | None = None) -> ToyVAE:
+              report: Callable[[int, dict[str, float]], None] | None = None, until: int | None = None) -> ToyVAE:
     """Train (or go on training) the VAE; checkpoints to `ckpt_path` every `checkpoint_every`
-    steps and at the end. Returns the trained VAE, normalisation not yet folded."""
+    steps and at the end (`until`: stop after that step, as an interrupted run would).
+    Returns the trained VAE, normalisation not yet folded."""
     torch.manual_seed(seed)
     vae = ToyVAE(cfg)
     opt = torch.optim.AdamW(vae.parameters(), lr=spec.lr, betas=(0.9, 0.99), weight_decay=0.0)
     rng = np.random.default_rng(seed)
-    step = 0
+    step, specs = 0, None
     if resume and ckpt_path.exists():
         state = checkpoint.load(ckpt_path)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        step = state["step"]
+        step, specs = state["step"], state["pool"]
         rng.bit_generator.state = state["rng"]
         torch.set_rng_state(state["torch_rng"])
         log.info("VAE: resuming at step %d of %d", step, spec.steps)
-    pool = CropPool(spec, rng)
-    sched = lambda s: spec.lr * min(1.0, (s + 1) / 100) * (0.55 + 0.45 * math.cos(math.pi * s / spec.steps))  # noqa: E731
+    pool = CropPool(spec, rng, specs)
+    sched = lambda s: spec.lr * min(1.0, (s + 1) / spec.warmup) * (0.55 + 0.45 * math.cos(math.pi * s / spec.steps))  # noqa: E731
 
     def save() -> None:
         checkpoint.save(ckpt_path, {"model": vae.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                                    "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+                                    "pool": list(pool.specs), "rng": rng.bit_generator.state,
+                                    "torch_rng": torch.get_rng_state()})
 
-    while step < spec.steps:
+    while step < min(spec.steps, until or spec.steps):
         t0 = time.perf_counter()
         for g in opt.param_groups:
             g["lr"] = sched(step)
@@ -140,7 +150,7 @@ def train_vae(cfg: VAEConfig, spec: VAETraining, seed: int, ckpt_path: Path, res
         figures["ms"] = 1e3 * (time.perf_counter() - t0)
         if report is not None:
             report(step, figures)
-        if step % spec.checkpoint_every == 0 or step == spec.steps:
+        if step % spec.checkpoint_every == 0 or step in (spec.steps, until):
             save()
     return vae
 

@@ -1,0 +1,127 @@
+"""The toy world's training code: the trainable VAE is the product's VAE, normalisation folds
+exactly, losses fall, and a resumed run is the run that never stopped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streaming.config import VAEConfig, load_config
+from streaming.vae import StreamingVAEDecoder, build_vae
+from training import checkpoint
+from training.clips import block_start_frame, random_clip
+from training.dit_training import DiTTraining, LatentClips, teacher_forced_loss, train_dit, Captioner, draw_structure
+from training.vae_training import CropPool, VAETraining, fold_normalisation, latent_statistics, train_vae
+from training.vocabulary import build_tokenizer
+from training.wan_vae import ToyVAE
+
+TOY_VAE = VAEConfig(dim=4, dim_mult=(1, 1, 2, 4), num_res_blocks=0, encoder_res_blocks=1)
+
+
+def test_plain_decoder_is_the_streaming_decoder():
+    """Weights trained through the plain decoder mean the same in the product's decoder."""
+    model = build_vae(TOY_VAE, 3)
+    toy = ToyVAE(TOY_VAE)
+    result = toy.load_state_dict(model.state_dict(), strict=False)
+    assert not result.unexpected_keys and all(k.startswith(("encoder.", "conv1.")) for k in result.missing_keys)
+    dec = StreamingVAEDecoder(model)
+    z = torch.randn(1, 4, 16, 3, 5, generator=torch.Generator().manual_seed(1))
+    raw = (z * dec.std.view(1, 1, -1, 1, 1) + dec.mean.view(1, 1, -1, 1, 1)).transpose(1, 2)
+    with torch.no_grad():
+        plain = toy.decode(raw).clamp(-1, 1).transpose(1, 2)
+    torch.testing.assert_close(plain, dec.decode_video(z), atol=1e-4, rtol=1e-4)
+
+
+def test_folding_the_normalisation_standardises_latents_and_keeps_the_round_trip():
+    """After folding, the normalised latents of the clips have zero mean and unit spread per
+    channel, and encoding then decoding gives what it gave before."""
+    torch.manual_seed(0)
+    vae = ToyVAE(TOY_VAE).eval()
+    clips = [torch.rand(3, 9, 32, 48) * 2 - 1 for _ in range(3)]
+    enc = vae.encoder_module
+    with torch.no_grad():
+        before = [vae.decode(vae.moments(c[None])[0]) for c in clips]
+        mean, std = latent_statistics(vae, clips)
+        fold_normalisation(vae, mean, std)
+        after = [vae.decode(vae.moments(c[None])[0]) for c in clips]
+        normalised = torch.cat([enc.normalise(vae.moments(c[None])[0]).transpose(0, 1).flatten(1) for c in clips], 1)
+    torch.testing.assert_close(normalised.mean(1), torch.zeros(16), atol=1e-4, rtol=0)
+    torch.testing.assert_close(normalised.std(1), torch.ones(16), atol=1e-4, rtol=0)
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def _losses(report_list):
+    return lambda step, figures: report_list.append(figures["loss"])
+
+
+def test_vae_training_loss_falls_and_resume_is_exact(tmp_path):
+    """A few steps on one short clip (the smoke test: `longlive train` itself is not run
+    here): the loss falls; and a run stopped half way and resumed ends exactly where the
+    whole run ended (weights, optimiser, random states and the pool of clips all restored)."""
+    spec = VAETraining(steps=40, batch=4, frames=5, crop=32, pool=1, pool_blocks=1, renew_every=10**9,
+                       checkpoint_every=20, lr=3e-3, warmup=1)
+    whole: list[float] = []
+    train_vae(TOY_VAE, spec, 0, tmp_path / "a.ckpt", False, _losses(whole))
+    assert np.mean(whole[-5:]) < 0.85 * np.mean(whole[:5])
+    half: list[float] = []
+    train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", False, _losses(half), until=20)
+    assert checkpoint.load(tmp_path / "b.ckpt")["step"] == 20
+    rest: list[float] = []
+    train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", True, _losses(rest))
+    assert half + rest == pytest.approx(whole, rel=1e-5)
+
+
+def _small_dit_setup():
+    cfg = load_config("toy").replace(model={"dim": 64, "ffn_dim": 128, "num_layers": 2, "num_heads": 2, "freq_dim": 32,
+                                            "patch_size": [1, 2, 2]}, video={"height": 64, "width": 64})
+    rng = np.random.default_rng(3)
+    clips = [random_clip(rng, 6, switch_chance=1.0 if i % 2 else 0.0) for i in range(4)]
+    switch = [next((b for b in range(1, 6) if len(c.starts) > 1 and block_start_frame(b) == c.starts[1]), 0)
+              for c in clips]
+    g = torch.Generator().manual_seed(4)     # a still picture per clip: later blocks repeat the context
+    latents = (torch.randn(4, 1, 8, 8, 8, generator=g) + 0.1 * torch.randn(4, 18, 8, 8, 8, generator=g)).half()
+    return cfg, LatentClips(latents, clips, switch)
+
+
+def test_dit_training_loss_falls_and_resume_is_exact(tmp_path):
+    """Teacher forcing on four clips (switches, long-stream jumps and all): the loss falls;
+    a resumed run is the run that never stopped."""
+    cfg, data = _small_dit_setup()
+    assert sorted(set(data.switch_blocks)) != [0]
+    spec = DiTTraining(steps=40, batch=4, lr=3e-3, checkpoint_every=20)
+    tok = build_tokenizer()
+    whole: list[float] = []
+    train_dit(cfg, spec, data, tok, 0, tmp_path / "a.ckpt", False, _losses(whole))
+    assert np.mean(whole[-8:]) < 0.85 * np.mean(whole[:8])
+    half: list[float] = []
+    train_dit(cfg, spec, data, tok, 0, tmp_path / "b.ckpt", False, _losses(half), until=20)
+    rest: list[float] = []
+    train_dit(cfg, spec, data, tok, 0, tmp_path / "b.ckpt", True, _losses(rest))
+    assert half + rest == pytest.approx(whole, rel=1e-5)
+
+
+def test_every_structure_a_step_can_draw_runs():
+    """Targets with and without context, long-stream jumps, switches before, at and after the
+    target, during the jump: each builds its window and gives a finite loss with gradients."""
+    cfg, data = _small_dit_setup()
+    from training.dit_training import CausalDiT, Structure, UMT5Encoder
+    torch.manual_seed(0)
+    dit, text = CausalDiT(cfg.model), UMT5Encoder(cfg.text)
+    captioner = Captioner(build_tokenizer(), cfg.model.text_len)
+    rng = np.random.default_rng(0)
+    spec = DiTTraining(batch=2)
+    seen = set()
+    for target in range(6):
+        for gap in ((0, 300) if target >= 3 else (0,)):
+            for s in sorted(set(data.switch_blocks)):
+                if s > target:
+                    continue
+                idx = np.flatnonzero(np.asarray(data.switch_blocks) == s)[:2]
+                loss = teacher_forced_loss(dit, text, captioner, cfg, data, Structure(target, gap, s), idx, rng, spec)
+                loss.backward()
+                assert torch.isfinite(loss)
+                assert dit.blocks[0].self_attn.q.weight.grad is not None
+                seen.add((target, bool(gap), s))
+    assert len(seen) > 10
