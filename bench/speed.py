@@ -377,11 +377,13 @@ def format_table(r: dict[str, Any]) -> str:
 def default_config(device: torch.device) -> tuple[str, str]:
     """The preset to measure when `--config` is not given, and the line that says why: the full
     model on a GPU; on a CPU, where it would take minutes a block, the embedded default."""
+    from streaming.config import EMBEDDED_DEFAULT as default
+
     if device.type == "cuda":
         return "longlive", (f"the full longlive preset on {device} ({torch.cuda.get_device_name(device)}); "
-                            "--config tiny for the embedded default")
+                            f"--config {default} for the embedded default")
     why = "no GPU here" if not torch.cuda.is_available() else f"--device {device}"
-    return "tiny", f"{why}, so the embedded default (tiny) on the CPU; --config longlive for the full model"
+    return default, f"{why}, so the embedded default ({default}) on the CPU; --config longlive for the full model"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -53,10 +53,10 @@ export function setOverlay(text) {
 
 export function showNotice(state) {
   if (state.embedded_default) {
+    const what = state.about || "the embedded default";
     els.notice.textContent =
-      "No weights loaded: this server runs the tiny embedded default with random weights, so the pictures are " +
-      "abstract. Prompts, switching and streaming behave as with the real model. " +
-      "Start it with --weights DIR (or LONGLIVE_WEIGHTS) for LongLive 1.3B.";
+      `No weights loaded: this server runs ${what}. Prompts, switching and streaming behave as with the ` +
+      "real model. Start it with --weights DIR (or LONGLIVE_WEIGHTS) for LongLive 1.3B.";
     els.notice.hidden = false;
   } else {
     els.notice.hidden = true;

@@ -76,7 +76,8 @@ def create_app(engine: Engine, *, config_name: str | None = None, client_dir: Pa
     pipe = engine.pipe
     width, height = pipe.size
     info = ServerInfo(config=config_name or getattr(getattr(pipe, "cfg", None), "name", "custom"),
-                      width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default))
+                      width=width, height=height, fps=float(pipe.fps), embedded_default=bool(pipe.embedded_default),
+                      about=getattr(getattr(pipe, "cfg", None), "about", "") if pipe.embedded_default else "")
     recorder = Recorder(engine, recordings, lambda: stream_source(engine, info.config))
     hub = ControlHub(engine, info, recorder=recorder, enhancer=enhancer,
                      cues=cues if cues is not None else CueBank.load(), tempo=TempoClock(bpm, clock=engine.clock),

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     except BaseException:
         sock.close()
         raise
-    lines = announcement(bound, port, token, generated, engine.pipe.embedded_default)
+    lines = announcement(bound, port, token, generated, engine.pipe.cfg.name if engine.pipe.embedded_default else None)
     return asyncio.run(_serve(app, sock, lines))
 
 
@@ -124,12 +124,13 @@ def reachable(bound: str, port: int, addresses: Callable[..., Iterable[str]] | N
     return [url(a, port) for a in found]
 
 
-def announcement(bound: str, port: int, token: str | None, generated: bool, embedded_default: bool,
+def announcement(bound: str, port: int, token: str | None, generated: bool, embedded_default: str | None,
                  addresses: Callable[..., Iterable[str]] | None = None) -> list[str]:
-    """What `serve` prints once it listens: where to open it, and, when it made one up, the
-    performer token, in a URL that carries it (printed this once, on stdout; never logged)."""
-    lines = [f"LongLive live is serving on {url(bound, port)}" + ("  (tiny embedded default)" if embedded_default
-                                                                   else "")]
+    """What `serve` prints once it listens: where to open it (and the embedded default's preset
+    when no weights were given), and, when it made one up, the performer token, in a URL that
+    carries it (printed this once, on stdout; never logged)."""
+    lines = [f"LongLive live is serving on {url(bound, port)}" + (f"  ({embedded_default} embedded default)"
+                                                                   if embedded_default else "")]
     urls = reachable(bound, port, addresses)
     if ipaddress.ip_address(bound).is_unspecified:
         lines.append("  on the network: " + ("  ".join(urls) if urls else "no address found besides this machine's"))
@@ -183,7 +184,7 @@ def build_engine(args: argparse.Namespace) -> Engine:
     except (RuntimeError, OSError) as e:
         raise UserError(f"cannot start the generator: {one_line(e)}") from None
     if pipe.embedded_default:
-        print("No weights given: running the tiny embedded default (random weights, abstract pictures). "
+        print(f"No weights given: running {cfg.about or cfg.name}. "
               "Use --weights DIR or LONGLIVE_WEIGHTS for LongLive 1.3B.", flush=True)
     return Engine(pipe, prompt=args.prompt, seed=args.seed, lead_blocks=args.lead_blocks,
                   rewind_bytes=None if args.rewind_memory is None else args.rewind_memory << 20)

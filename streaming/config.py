@@ -181,6 +181,11 @@ class InitConfig:
 class Config:
     name: str = "longlive"
     weights_seed: int = 0   # seeds the random weights (no weights given); not the stream's noise seed
+    # the preset's own trained weights: a folder inside the configs package, used when no
+    # --weights is given (the toy world's, `longlive train`); "" for seeded random weights
+    weights: str = ""
+    # what the preset is, in a sentence, for people: the start-up line and the page say it
+    about: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
     window: WindowConfig = field(default_factory=WindowConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
@@ -401,15 +406,28 @@ def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Conf
             kwargs[key] = _coerce(value, str, f"{source}: name")
         elif key == "weights_seed":
             kwargs[key] = _coerce(value, int, f"{source}: weights_seed")
+        elif key in ("weights", "about"):
+            kwargs[key] = _coerce(value, str, f"{source}: {key}")
     cfg = Config(**kwargs)
     _validate(cfg)
     return cfg
 
 
+# the preset that runs when neither --config nor --weights is given: the toy world, trained here
+EMBEDDED_DEFAULT = "tiny"   # "toy" once its trained weights are committed (issue 21)
+
+
 def choose_preset(config: str | Path | None, weights: str | Path | None) -> str | Path:
     """The preset to load: the one asked for, else `longlive` when weights are given (the real
-    model), else the tiny embedded default."""
-    return config or ("longlive" if weights else "tiny")
+    model), else the embedded default."""
+    return config or ("longlive" if weights else EMBEDDED_DEFAULT)
+
+
+def preset_weights(cfg: Config) -> Path | None:
+    """The folder of the preset's own trained weights (`weights:` in its YAML), or None."""
+    if not cfg.weights:
+        return None
+    return Path(str(resources.files("configs").joinpath(cfg.weights)))
 
 
 def preset_names() -> list[str]:

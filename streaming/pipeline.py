@@ -20,10 +20,10 @@ import torch
 import kernels
 
 from .blend import Blend, Glide, TransitionSpec
-from .config import Config, apply_runtime
+from .config import Config, apply_runtime, preset_weights
 from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
-from .weights import WeightFiles, build_dit, load_dit, locate
+from .weights import WeightFiles, WeightsError, build_dit, load_dit, locate
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,12 @@ class VideoPipeline:
         dtype = DTYPES[cfg.runtime.dtype]
         kernels.set_default_mode(cfg.runtime.kernels)
         apply_runtime(cfg.runtime)       # process-wide: torch's CPU threads
+        default = weights is None
+        if default and cfg.weights:
+            weights = preset_weights(cfg)
+            if not (weights / "manifest.json").is_file():
+                raise WeightsError(f"the {cfg.name} preset's trained weights are missing from {weights}; "
+                                   "train them with `longlive train` (docs/TOY_WORLD.md)")
         files = locate(weights) if weights is not None else None
         if files is None:
             dit = build_dit(cfg, dev, dtype)
@@ -130,7 +136,7 @@ class VideoPipeline:
         gen = StreamingGenerator(_maybe_fp8(dit, cfg, dev), cfg)
         text = make_text_encoder(cfg, files, dev)
         decoder = make_decoder(cfg, files, dev, dtype)
-        return cls(cfg, gen, text, decoder, embedded_default=files is None, weights=files)
+        return cls(cfg, gen, text, decoder, embedded_default=default, weights=files)
 
     @classmethod
     def random(cls, cfg: Config, device: str | torch.device | None = None) -> "VideoPipeline":

@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(choose_preset(args.config, args.weights))
     pipe = VideoPipeline.from_config(cfg, args.weights, args.device)
     if pipe.embedded_default:
-        log.warning("no weights given: rendering the tiny random-weight default (%s); pictures are abstract",
-                    cfg.source)
+        log.warning("no weights given: rendering %s", cfg.about or cfg.source)
     fps = cfg.video.fps
     total = max(1, round(args.seconds * fps))
     width, height = pipe.size

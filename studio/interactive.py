@@ -673,7 +673,7 @@ def run(args: argparse.Namespace) -> int:
     io.say(f"loading the model ({cfg.name})...", "dim")
     pipe = VideoPipeline.from_config(cfg, args.weights, args.device)
     if pipe.embedded_default:
-        io.say(f"no weights given: the tiny random-weight default ({cfg.source}); pictures are abstract", "warn")
+        io.say(f"no weights given: {cfg.about or cfg.source}", "warn")
     weights = "embedded" if args.weights is None else Path(args.weights).name
     session = InteractiveSession(pipe, enhancer, out_dir, args.chunk_duration, args.max_chunks, args.seed, io,
                                  weights=weights, plan=plan)

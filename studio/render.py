@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{args.timeline.name}: {note}")
     pipe = VideoPipeline.from_config(cfg, args.weights, args.device)
     if pipe.embedded_default:
-        log.warning("no weights given: rendering with the tiny random-weight default (%s)", cfg.source)
+        log.warning("no weights given: rendering with %s", cfg.about or cfg.source)
     # (said once the model is there: a mistake before it stays the one line it is)
     say(size_line(cfg, own, "--resolution" if args.resolution else
                   None if size is None else "recording" if recipe is not None else "timeline"))

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from golden import REPO
+from streaming.config import EMBEDDED_DEFAULT
 
 FIELDS = {
     "dit_ms_per_block", "decode_ms_per_block", "end_to_end_fps", "time_to_first_frame_ms", "prompt_switch_ms",
@@ -92,10 +93,10 @@ def test_bench_without_config_on_a_cpu_runs_the_tiny_default_says_so_and_shows_p
 
     try:
         said = wait_for("longlive bench:", 120)     # (importing torch is all that comes before it)
-        assert said.strip() == ("longlive bench: no GPU here, so the embedded default (tiny) on the CPU; "
+        assert said.strip() == (f"longlive bench: no GPU here, so the embedded default ({EMBEDDED_DEFAULT}) on the CPU; "
                                 "--config longlive for the full model")
         assert [ln for ln in seen if "bench" in ln] == [said]          # the first thing it says
-        assert "tiny" in wait_for("bench: building", 60)
+        assert EMBEDDED_DEFAULT in wait_for("bench: building", 60)
         wait_for("bench: warm-up block 1/", 120)
         wait_for("bench: measured block 1/1", 300)
     finally:
@@ -115,9 +116,9 @@ def test_an_explicit_config_is_honoured_and_gpu_sh_benches_the_full_model(monkey
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert default_config(torch.device("cuda", 0)) == (
         "longlive",
-        "the full longlive preset on cuda:0 (NVIDIA H100 80GB HBM3); --config tiny for the embedded default")
+        f"the full longlive preset on cuda:0 (NVIDIA H100 80GB HBM3); --config {EMBEDDED_DEFAULT} for the embedded default")
     assert default_config(torch.device("cpu")) == (
-        "tiny", "--device cpu, so the embedded default (tiny) on the CPU; --config longlive for the full model")
+        EMBEDDED_DEFAULT, f"--device cpu, so the embedded default ({EMBEDDED_DEFAULT}) on the CPU; --config longlive for the full model")
     # the GPU script names the full model itself rather than relying on the default
     script = (REPO / "bench" / "gpu.sh").read_text()
     assert '-m longlive bench --config "${BENCH_CONFIG:-longlive}"' in script

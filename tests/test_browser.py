@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from streaming.config import EMBEDDED_DEFAULT, load_config
+
 from test_webrtc import REPO, start_server, stop_server
 
 CHROMIUM = "/usr/bin/chromium"
@@ -180,9 +182,9 @@ def test_page_plays_video_and_switches_prompts(server, tmp_path):
             n0, t0 = await page.evaluate(frames), time.monotonic()
             await page.wait_for_function(f"{frames} > {n0}", timeout=SERVER_MS)
 
-            # the notice about the tiny default, and the state from hello
+            # the notice about the embedded default (what its preset says it is), and the state from hello
             assert await page.is_visible("#notice")
-            assert "tiny embedded default" in await page.inner_text("#notice")
+            assert load_config(EMBEDDED_DEFAULT).about in await page.inner_text("#notice")
             await page.wait_for_function(f"{STATUS} === 'live'")
 
             # generated and delivered fps, from the server's stats

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from longlive import cli
-from streaming.config import choose_preset
+from streaming.config import EMBEDDED_DEFAULT, choose_preset, load_config
 from test_webrtc import REPO, free_port
 
 
@@ -35,7 +35,7 @@ def test_every_subcommand_is_one_row_naming_the_function_its_room_runs():
     args = parser.parse_args(["serve"])
     assert args.subcommand.name == "serve"
     assert (args.config, args.host, args.port, args.seed, args.weights) == (None, "127.0.0.1", 8080, 0, None)
-    assert choose_preset(args.config, args.weights) == "tiny"
+    assert choose_preset(args.config, args.weights) == EMBEDDED_DEFAULT
     assert choose_preset(None, "w") == "longlive"
     assert choose_preset("x.yaml", "w") == "x.yaml"
 
@@ -136,7 +136,7 @@ def test_ctrl_c_stops_the_server_cleanly():
         if any("serving on" in ln for ln in lines) and any("stream started" in ln for ln in lines):
             break
     assert f"http://127.0.0.1:{port}/" in "".join(lines)
-    assert any("No weights given: running the tiny embedded default" in ln for ln in lines)
+    assert any(f"No weights given: running {load_config(EMBEDDED_DEFAULT).about}." in ln for ln in lines)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)      # (it finishes the block under way: seconds on a loaded machine)
     everything = "".join(lines) + out

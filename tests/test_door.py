@@ -291,15 +291,15 @@ def test_a_loopback_bind_needs_no_token_and_any_other_gets_one(caplog):
     def addresses(use_ipv4=True, use_ipv6=True):
         return [a for a in ("192.0.2.2", "fd00::2") if (":" in a and use_ipv6) or (":" not in a and use_ipv4)]
 
-    lines = serve.announcement("0.0.0.0", 8080, token, True, True, addresses=addresses)
+    lines = serve.announcement("0.0.0.0", 8080, token, True, "tiny", addresses=addresses)
     text = "\n".join(lines)
     assert lines[0] == "LongLive live is serving on http://127.0.0.1:8080/  (tiny embedded default)"
     assert "on the network: http://192.0.2.2:8080/" in text and "fd00" not in text     # 0.0.0.0 is IPv4 only
     assert text.count(token) == 1 and f"http://192.0.2.2:8080/?token={token}" in text
-    assert "[fd00::2]" in "\n".join(serve.announcement("::", 8080, token, True, False, addresses=addresses))
-    given = "\n".join(serve.announcement("0.0.0.0", 8080, "chosen-by-me", False, False, addresses=addresses))
+    assert "[fd00::2]" in "\n".join(serve.announcement("::", 8080, token, True, None, addresses=addresses))
+    given = "\n".join(serve.announcement("0.0.0.0", 8080, "chosen-by-me", False, None, addresses=addresses))
     assert "chosen-by-me" not in given and "needs the performer token" in given
-    local = serve.announcement("127.0.0.1", 8080, None, False, False, addresses=addresses)
+    local = serve.announcement("127.0.0.1", 8080, None, False, None, addresses=addresses)
     assert local == ["LongLive live is serving on http://127.0.0.1:8080/"]
     assert token not in caplog.text
 

@@ -33,6 +33,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from server.addresses import gathering_on
+from streaming.config import EMBEDDED_DEFAULT
 
 REPO = Path(__file__).resolve().parent.parent
 FPS = 16
@@ -68,7 +69,7 @@ def start_server(*args: str, prefix: tuple[str, ...] = ()) -> tuple[subprocess.P
             break
         lines.append(line)
         if "serving on http://" in line:
-            assert any("tiny embedded default" in ln for ln in lines), lines
+            assert any(f"({EMBEDDED_DEFAULT} embedded default)" in ln for ln in lines), lines
             # keep draining its output so a chatty server never blocks on a full pipe
             drain = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
             drain.start()

@@ -64,6 +64,7 @@ class ServerInfo:
     height: int
     fps: float
     embedded_default: bool
+    about: str = ""          # what the embedded default is, in a sentence (its preset's `about`)
 
 
 class ViewerSource(Protocol):
@@ -522,6 +523,7 @@ class ControlHub:
             "protocol": PROTOCOL_VERSION,
             "config": self.info.config,
             "embedded_default": self.info.embedded_default,
+            "about": self.info.about,
             "width": self.info.width,
             "height": self.info.height,
             "fps": self.info.fps,
