@@ -345,6 +345,14 @@ def add_kernels_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="also write the report to this file")
 
 
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", type=Path, default=Path("runs/toy"), metavar="DIR",
+                   help="the run folder: checkpoints, losses.jsonl, the weights and manifest.json (default runs/toy)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of everything drawn (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--quick", action="store_true", help="a few steps of every stage (a smoke test, not a model)")
+
+
 # -- the table -----------------------------------------------------------------------------------
 SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("serve", "serve the live stream and the browser client", add_serve_arguments, "server.serve:run"),
@@ -356,6 +364,8 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
     Subcommand("plan", "have an LLM split a story into timed prompt segments: a timeline to play or render",
                add_plan_arguments, "studio.plan:run"),
     Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, "bench.speed:run"),
+    Subcommand("train", "train the toy world's model from a seed on this machine (docs/TOY_WORLD.md)",
+               add_train_arguments, "training.toy_run:cli"),
     Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
                           "report registers, spills and shared memory", add_kernels_arguments,
                "bench.kernel_check:run"),

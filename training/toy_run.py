@@ -50,14 +50,15 @@ CLIP_BLOCKS = 6
 @dataclass(frozen=True)
 class ToyTraining:
     vae: VAETraining = field(default_factory=VAETraining)
-    clips: int = 320
+    clips: int = 240
     stats_clips: int = 12
     dit: DiTTraining = field(default_factory=DiTTraining)
 
 
-QUICK = ToyTraining(vae=VAETraining(steps=6, batch=2, frames=5, crop=32, pool=2, checkpoint_every=3),
-                    clips=3, stats_clips=2,
-                    dit=DiTTraining(steps=30, batch=2, checkpoint_every=10))
+# `--quick`: a few steps of every stage, to see the command work end to end (not a model)
+QUICK = ToyTraining(vae=VAETraining(steps=4, batch=1, frames=5, crop=32, pool=1, pool_blocks=1, checkpoint_every=2),
+                    clips=2, stats_clips=1,
+                    dit=DiTTraining(steps=3, batch=1, checkpoint_every=2))
 
 
 class Log:
@@ -189,3 +190,16 @@ def run(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", ar
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def cli(args) -> int:
+    """`longlive train`: every stage into `--out`, resumable; prints where the weights are."""
+    out = args.out
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise checkpoint.CheckpointError(f"{out} already holds a run; --resume to continue it, or choose another --out")
+    argv = ["--out", str(out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+    manifest = run(out, args.seed, args.resume, args.quick, argv=argv)
+    times = manifest["seconds_this_run"]
+    print(f"trained in {sum(times.values()):.0f} s ({', '.join(f'{k[:-2]} {v:.0f} s' for k, v in times.items())}); "
+          f"weights and manifest.json in {out}")
+    return 0
