@@ -10,7 +10,7 @@ import torch
 from streaming.config import VAEConfig, load_config
 from streaming.vae import StreamingVAEDecoder, build_vae
 from training import checkpoint
-from training.clips import block_start_frame, random_clip
+from training.clips import random_clip, switch_block
 from training.dit_training import Captioner, DiTTraining, LatentClips, clip_loss, embed, train_dit
 from training.vae_training import CropPool, VAETraining, fold_normalisation, latent_statistics, train_vae
 from training.vocabulary import build_tokenizer
@@ -61,10 +61,10 @@ def test_vae_training_loss_falls_and_resume_is_exact(tmp_path):
     here): the loss falls; and a run stopped half way and resumed ends exactly where the
     whole run ended (weights, optimiser, random states and the pool of clips all restored)."""
     spec = VAETraining(steps=40, batch=4, frames=5, crop=32, pool=1, pool_blocks=1, renew_every=10**9,
-                       checkpoint_every=20, lr=3e-3, warmup=1)
+                       checkpoint_every=20, lr=5e-3, warmup=1)
     whole: list[float] = []
     train_vae(TOY_VAE, spec, 0, tmp_path / "a.ckpt", False, _losses(whole))
-    assert np.mean(whole[-5:]) < 0.85 * np.mean(whole[:5])
+    assert np.mean(whole[-5:]) < 0.8 * np.mean(whole[:5])        # 0.44 here (seeds 1 and 2: 0.66, 0.31)
     half: list[float] = []
     train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", False, _losses(half), until=20)
     assert checkpoint.load(tmp_path / "b.ckpt")["step"] == 20
@@ -78,8 +78,7 @@ def _small_dit_setup():
                                             "patch_size": [1, 2, 2]}, video={"height": 64, "width": 64})
     rng = np.random.default_rng(3)
     clips = [random_clip(rng, 6, switch_chance=1.0 if i % 2 else 0.0) for i in range(4)]
-    switch = [next((b for b in range(1, 6) if len(c.starts) > 1 and block_start_frame(b) == c.starts[1]), 0)
-              for c in clips]
+    switch = [switch_block(c) for c in clips]
     g = torch.Generator().manual_seed(4)     # a still picture per clip: later blocks repeat the context
     latents = (torch.randn(4, 1, 8, 8, 8, generator=g) + 0.1 * torch.randn(4, 18, 8, 8, 8, generator=g)).half()
     return cfg, LatentClips(latents, clips, switch)
@@ -150,3 +149,15 @@ def test_each_target_sees_the_window_a_stream_would_have(gap):
             if j == 0 and gap:
                 gen.frame += gap
                 gen.window.end += gap
+
+
+def test_switch_block_reads_where_a_clip_switches():
+    from training.clips import block_start_frame
+    from training.world import Clip, Scene
+
+    a, b = Scene("red"), Scene("blue")
+    assert [block_start_frame(k) for k in range(4)] == [0, 9, 21, 33]     # 9 frames, then 12 a block
+    assert switch_block(Clip((a, b), (0, 33), 57, 0)) == 3
+    assert switch_block(Clip.of(a, 57, 0)) == 0
+    with pytest.raises(ValueError, match="not at a block boundary"):
+        switch_block(Clip((a, b), (0, 30), 57, 0))

@@ -71,3 +71,15 @@ def random_clip(rng: np.random.Generator, blocks: int, switch_chance: float = 0.
         scenes.append(switched(scenes[0], rng, pool))
         starts.append(block_start_frame(b))
     return Clip(tuple(scenes), tuple(starts), frames, int(rng.integers(2**31)))
+
+
+def switch_block(clip: Clip) -> int:
+    """The block at which `clip` switches scene (0: it does not)."""
+    if len(clip.starts) < 2:
+        return 0
+    block = 1
+    while block_start_frame(block) < clip.starts[1]:
+        block += 1
+    if block_start_frame(block) != clip.starts[1]:
+        raise ValueError(f"the clip switches at frame {clip.starts[1]}, not at a block boundary")
+    return block

@@ -16,6 +16,7 @@ Every step's figures go to ``losses.jsonl``; progress bars go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -32,10 +33,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from streaming.config import Config, load_config
-from streaming.vae_encoder import WanVAEEncoder
+from streaming.vae_encoder import load_encoder
 
 from . import checkpoint
-from .clips import block_start_frame, random_clip
+from .clips import random_clip, switch_block
 from .dit_training import DiTTraining, LatentClips, train_dit
 from .vae_training import VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
 from .vocabulary import build_tokenizer
@@ -80,8 +81,21 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _bar(desc: str, total: int, initial: int) -> tqdm:
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", file=sys.stderr, dynamic_ncols=True)
+@contextlib.contextmanager
+def _progress(stage: str, total: int, ckpt: Path, resume: bool, log_: Log):
+    """A progress bar from where a resumed stage stands, and the callback a training loop
+    reports each step to (the bar moves, the figures go to losses.jsonl)."""
+    start = checkpoint.load(ckpt)["step"] if resume and ckpt.exists() else 0
+    with tqdm(total=total, initial=start, desc=stage, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:
+        def report(step: int, figures: dict) -> None:
+            log_(stage, step, figures)
+            bar.update(1)
+            bar.set_postfix(loss=f"{figures['loss']:.4f}")
+        yield report
+
+
+def _save(module: torch.nn.Module, path: Path) -> None:
+    save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
 def stage_vae(cfg: Config, plan: ToyTraining, out: Path, seed: int, resume: bool, log_: Log) -> Path:
@@ -89,38 +103,30 @@ def stage_vae(cfg: Config, plan: ToyTraining, out: Path, seed: int, resume: bool
     if resume and final.exists():
         return final
     ckpt = out / "vae.ckpt"
-    start = checkpoint.load(ckpt)["step"] if resume and ckpt.exists() else 0
-    with _bar("vae", plan.vae.steps, start) as bar:
-        def report(step: int, figures: dict) -> None:
-            log_("vae", step, figures)
-            bar.update(1)
-            bar.set_postfix(loss=f"{figures['loss']:.4f}")
+    with _progress("vae", plan.vae.steps, ckpt, resume, log_) as report:
         vae = train_vae(cfg.vae, plan.vae, seed, ckpt, resume, report)
     rng = np.random.default_rng(seed + 1)
     clips = [_to_video(render(random_clip(rng, 3))) for _ in range(plan.stats_clips)]
     mean, std = latent_statistics(vae, clips)
     fold_normalisation(vae, mean, std)
-    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(final))
+    _save(vae, final)
     return final
 
 
 def stage_latents(cfg: Config, plan: ToyTraining, out: Path, vae_path: Path, seed: int, resume: bool) -> LatentClips:
     path = out / "latents.pt"
     state = checkpoint.load(path) if resume and path.exists() else {"step": 0, "latents": [], "clips": [], "switch": []}
-    enc = WanVAEEncoder(cfg.vae)
-    from safetensors.torch import load_file
-    enc.load_state_dict({k: v for k, v in load_file(str(vae_path)).items() if k.startswith(("encoder.", "conv1."))})
-    enc.eval()
+    enc = load_encoder(cfg.vae, vae_path)
     rng = np.random.default_rng([seed, 2])
     draws = [random_clip(rng, CLIP_BLOCKS) for _ in range(plan.clips)]   # the same clips on a resumed run
-    with _bar("latents", plan.clips, state["step"]) as bar, torch.no_grad():
+    with tqdm(total=plan.clips, initial=state["step"], desc="latents", unit="clip", file=sys.stderr,
+              dynamic_ncols=True) as bar, torch.no_grad():
         for i in range(state["step"], plan.clips):
             clip = draws[i]
             video = torch.from_numpy(render(clip)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             state["latents"].append(enc(video[None])[0].half())
             state["clips"].append(clip)
-            starts = [b for b in range(1, CLIP_BLOCKS) if len(clip.starts) > 1 and block_start_frame(b) == clip.starts[1]]
-            state["switch"].append(starts[0] if starts else 0)
+            state["switch"].append(switch_block(clip))
             state["step"] = i + 1
             bar.update(1)
             if state["step"] % 20 == 0 or state["step"] == plan.clips:
@@ -131,17 +137,13 @@ def stage_latents(cfg: Config, plan: ToyTraining, out: Path, vae_path: Path, see
 def stage_dit(cfg: Config, plan: ToyTraining, out: Path, data: LatentClips, seed: int, resume: bool, log_: Log) -> None:
     tokenizer = build_tokenizer()
     if tokenizer.get_vocab_size() > cfg.text.vocab_size:
-        raise ValueError(f"the world's tokenizer has {tokenizer.get_vocab_size()} tokens, text.vocab_size is {cfg.text.vocab_size}")
+        raise checkpoint.CheckpointError(f"the world's tokenizer has {tokenizer.get_vocab_size()} tokens, more than "
+                                         f"{cfg.source}'s text.vocab_size ({cfg.text.vocab_size})")
     ckpt = out / "dit.ckpt"
-    start = checkpoint.load(ckpt)["step"] if resume and ckpt.exists() else 0
-    with _bar("dit", plan.dit.steps, start) as bar:
-        def report(step: int, figures: dict) -> None:
-            log_("dit", step, figures)
-            bar.update(1)
-            bar.set_postfix(loss=f"{figures['loss']:.4f}")
+    with _progress("dit", plan.dit.steps, ckpt, resume, log_) as report:
         dit, text = train_dit(cfg, plan.dit, data, tokenizer, seed, ckpt, resume, report)
-    save_file({k: v.contiguous() for k, v in dit.state_dict().items()}, str(out / "diffusion_pytorch_model.safetensors"))
-    save_file({k: v.contiguous() for k, v in text.state_dict().items()}, str(out / "text_encoder.safetensors"))
+    _save(dit, out / "diffusion_pytorch_model.safetensors")
+    _save(text, out / "text_encoder.safetensors")
     tokenizer.save(str(out / "tokenizer.json"))
 
 
