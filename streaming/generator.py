@@ -189,6 +189,8 @@ class StreamingGenerator:
         if start > 0 and not rewrite_sink and self.skip_discarded_recache:
             skip = max(0, self.window.sink - (self.window.filled - n))
             n, start = n - skip, start + skip
+            if n <= 0:          # the window holds only its protected sink: nothing to redo
+                return
         frames = self.history[:, -n:]
         t = torch.full((self.batch, n), self.schedule.context_timestep, device=self.device)
         flow = self.dit(frames, t, prompt, self.window, start, rewrite_sink=rewrite_sink)
