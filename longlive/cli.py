@@ -365,7 +365,7 @@ SUBCOMMANDS: tuple[Subcommand, ...] = (
                add_plan_arguments, "studio.plan:run"),
     Subcommand("bench", "measure the generator's speed with random weights", add_bench_arguments, "bench.speed:run"),
     Subcommand("train", "train the toy world's model from a seed on this machine (docs/TOY_WORLD.md)",
-               add_train_arguments, "training.toy_run:cli"),
+               add_train_arguments, "training.toy_run:run"),
     Subcommand("kernels", "compile every Triton kernel launch for a GPU architecture (no GPU needed) and "
                           "report registers, spills and shared memory", add_kernels_arguments,
                "bench.kernel_check:run"),

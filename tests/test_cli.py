@@ -25,10 +25,10 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subpro
 def test_every_subcommand_is_one_row_naming_the_function_its_room_runs():
     parser = cli.build_parser()
     assert [c.name for c in cli.SUBCOMMANDS] == ["serve", "generate", "render", "interactive", "plan", "bench",
-                                                 "kernels"]
+                                                 "train", "kernels"]
     rooms = {"serve": "server.serve:run", "generate": "studio.generate:run", "render": "studio.render:run",
              "interactive": "studio.interactive:run", "plan": "studio.plan:run",
-             "bench": "bench.speed:run", "kernels": "bench.kernel_check:run"}
+             "bench": "bench.speed:run", "train": "training.toy_run:run", "kernels": "bench.kernel_check:run"}
     for command in cli.SUBCOMMANDS:
         assert command.run == rooms[command.name]
         assert callable(command.target()) and command.target().__name__ == "run"

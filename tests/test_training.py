@@ -56,18 +56,21 @@ def _losses(report_list):
     return lambda step, figures: report_list.append(figures["loss"])
 
 
+@pytest.mark.slow
 def test_vae_training_loss_falls_and_resume_is_exact(tmp_path):
     """A few steps on one short clip (the smoke test: `longlive train` itself is not run
     here): the loss falls; and a run stopped half way and resumed ends exactly where the
     whole run ended (weights, optimiser, random states and the pool of clips all restored)."""
-    spec = VAETraining(steps=40, batch=4, frames=5, crop=32, pool=1, pool_blocks=1, renew_every=10**9,
-                       checkpoint_every=20, lr=5e-3, warmup=1)
+    spec = VAETraining(steps=60, batch=4, frames=5, crop=32, pool=1, pool_blocks=1, renew_every=10**9,
+                       checkpoint_every=30, lr=3e-3, warmup=1)
     whole: list[float] = []
     train_vae(TOY_VAE, spec, 0, tmp_path / "a.ckpt", False, _losses(whole))
-    assert np.mean(whole[-5:]) < 0.8 * np.mean(whole[:5])        # 0.44 here (seeds 1 and 2: 0.66, 0.31)
+    # measured 0.59 and 0.64 (1 and 2 threads; seeds 1 and 2: 0.31-0.48). A higher learning rate
+    # (5e-3, 40 steps) was chaotic: 0.44 on 2 threads, 0.81 on one
+    assert np.mean(whole[-5:]) < 0.8 * np.mean(whole[:5])
     half: list[float] = []
-    train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", False, _losses(half), until=20)
-    assert checkpoint.load(tmp_path / "b.ckpt")["step"] == 20
+    train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", False, _losses(half), until=30)
+    assert checkpoint.load(tmp_path / "b.ckpt")["step"] == 30
     rest: list[float] = []
     train_vae(TOY_VAE, spec, 0, tmp_path / "b.ckpt", True, _losses(rest))
     assert half + rest == pytest.approx(whole, rel=1e-5)
@@ -88,6 +91,7 @@ def _small_dit_setup():
     return cfg, LatentClips(latents, clips, switch)
 
 
+@pytest.mark.slow
 def test_dit_training_loss_falls_and_resume_is_exact(tmp_path):
     """Teacher forcing on four clips (switches, long-stream jumps and all): the loss falls;
     a resumed run is the run that never stopped."""

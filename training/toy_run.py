@@ -158,7 +158,7 @@ def _loss_summary(path: Path) -> dict:
     return out
 
 
-def run(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", argv: list[str] | None = None) -> dict:
+def train(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", argv: list[str] | None = None) -> dict:
     """Every stage in order; returns the manifest (also written to out/manifest.json)."""
     cfg = load_config(config)
     plan = QUICK if quick else ToyTraining()
@@ -194,13 +194,13 @@ def run(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", ar
     return manifest
 
 
-def cli(args) -> int:
+def run(args) -> int:
     """`longlive train`: every stage into `--out`, resumable; prints where the weights are."""
     out = args.out
     if out.exists() and any(out.iterdir()) and not args.resume:
         raise checkpoint.CheckpointError(f"{out} already holds a run; --resume to continue it, or choose another --out")
     argv = ["--out", str(out), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
-    manifest = run(out, args.seed, args.resume, args.quick, argv=argv)
+    manifest = train(out, args.seed, args.resume, args.quick, argv=argv)
     times = manifest["seconds_this_run"]
     print(f"trained in {sum(times.values()):.0f} s ({', '.join(f'{k[:-2]} {v:.0f} s' for k, v in times.items())}); "
           f"weights and manifest.json in {out}")
