@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class VAETraining:
-    steps: int = 2000
+    steps: int = 3000
     batch: int = 2
     # 1 + 4k: a whole-clip encode of 1 + k latents. Longer than the decoder's reach back in time
     # (its causal convs see some 15 latents back), so most latents are decoded as in a long
