@@ -93,6 +93,10 @@ class VAEConfig:
     # residual blocks per encoder stage; None: num_res_blocks, as the official VAE (whose
     # decoder has one more per stage). A toy decoder with none needs some here to change widths.
     encoder_res_blocks: int | None = None
+    # the RMS norm before each head's last conv (the decoder's RGB head, the encoder's latent
+    # head), as in Wan. At a toy width it leaves a pixel's features only a direction (the norm
+    # divides out their size): the toy world's VAE learnt 2.5x faster without it (docs/TOY_WORLD.md)
+    head_norm: bool = True
     # torch's intra-op CPU threads while a block is decoded (at most the machine's cores), then
     # back to what they were (`runtime.threads`); 0: no change. CPU only. The decoder's
     # full-resolution convolutions are large enough to split well over cores, unlike a toy

@@ -316,6 +316,13 @@ class Resample(nn.Module):
         return out.view(b, t, 2 * h, 2 * w, o)
 
 
+class NoNorm(nn.Module):
+    """The head's norm left out (`VAEConfig.head_norm` false): the SiLU alone."""
+
+    def forward(self, x: torch.Tensor, silu: bool = False, inplace: bool = False) -> torch.Tensor:
+        return F.silu(x, inplace=inplace) if silu else x
+
+
 class Decoder3d(nn.Module):
     """conv1 -> middle -> upsamples -> head, sized from a `VAEConfig`."""
 
@@ -337,7 +344,8 @@ class Decoder3d(nn.Module):
             if i != len(mult) - 1:
                 ups.append(Resample(out_dim, "upsample3d" if time_up[i] else "upsample2d"))
         self.upsamples = nn.ModuleList(ups)
-        self.head = nn.ModuleList([RMSNorm(dims[-1]), nn.SiLU(), CausalConv3d(dims[-1], 3, (3, 3, 3))])
+        norm = RMSNorm(dims[-1]) if cfg.head_norm else NoNorm()
+        self.head = nn.ModuleList([norm, nn.SiLU(), CausalConv3d(dims[-1], 3, (3, 3, 3))])
 
     def forward(self, x: torch.Tensor, state: DecoderState) -> torch.Tensor:
         x = self.conv1(x, state)

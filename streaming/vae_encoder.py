@@ -170,7 +170,8 @@ class Encoder3d(nn.Module):
         self.downsamples = nn.ModuleList(downs)
         top = dims[-1]
         self.middle = nn.ModuleList([Residual(top, top), SpatialAttention(top), Residual(top, top)])
-        self.head = nn.ModuleList([Norm(top), nn.SiLU(), CausalConv(top, 2 * cfg.z_dim, (3, 3, 3))])
+        self.head = nn.ModuleList([Norm(top) if cfg.head_norm else nn.Identity(), nn.SiLU(),
+                                   CausalConv(top, 2 * cfg.z_dim, (3, 3, 3))])
 
     def forward(self, x: torch.Tensor, state: EncoderState) -> torch.Tensor:
         x = self.conv1(x, state)

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DiTTraining:
-    steps: int = 2400
+    steps: int = 1800
     batch: int = 2                 # clips a step; every block of each is a target
     lr: float = 1e-3
     weight_decay: float = 0.01

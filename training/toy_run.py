@@ -2,8 +2,8 @@
 
 Stages, each checkpointed in the run folder so `--resume` continues where a run stopped:
 
-1. ``vae``: the Wan-structured VAE on crops of the world's clips (`vae_training`), then its
-   latents normalised (`fold_normalisation`) -> ``vae.safetensors``;
+1. ``vae-short``, ``vae``: the Wan-structured VAE on crops of the world's clips
+   (`vae_training`), short clips first, then long ones, then its latents normalised (`fold_normalisation`) -> ``vae.safetensors``;
 2. ``latents``: `clips` clips of the world (training scenes only, half with a switch) encoded
    whole by the trained encoder -> ``latents.pt``;
 3. ``dit``: the DiT and the text encoder by teacher forcing (`dit_training`) ->
@@ -38,7 +38,7 @@ from streaming.vae_encoder import load_encoder
 from . import checkpoint
 from .clips import random_clip, switch_block
 from .dit_training import DiTTraining, LatentClips, train_dit
-from .vae_training import VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
+from .vae_training import SHORT, VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
 from .vocabulary import build_tokenizer
 from .wan_vae import ToyVAE
 from .world import WORLD_VERSION, render
@@ -50,14 +50,16 @@ CLIP_BLOCKS = 6
 
 @dataclass(frozen=True)
 class ToyTraining:
-    vae: VAETraining = field(default_factory=VAETraining)
-    clips: int = 240
+    vae_short: VAETraining = SHORT       # the VAE's first phase: short clips, large batches
+    vae: VAETraining = field(default_factory=VAETraining)   # then long clips
+    clips: int = 300
     stats_clips: int = 12
     dit: DiTTraining = field(default_factory=DiTTraining)
 
 
 # `--quick`: a few steps of every stage, to see the command work end to end (not a model)
-QUICK = ToyTraining(vae=VAETraining(steps=4, batch=1, frames=5, crop=32, pool=1, pool_blocks=1, checkpoint_every=2),
+QUICK = ToyTraining(vae_short=VAETraining(steps=2, batch=1, frames=5, crop=32, pool=1, pool_blocks=1),
+                    vae=VAETraining(steps=4, batch=1, frames=5, crop=32, pool=1, pool_blocks=1, checkpoint_every=2),
                     clips=2, stats_clips=1,
                     dit=DiTTraining(steps=3, batch=1, checkpoint_every=2))
 
@@ -102,9 +104,12 @@ def stage_vae(cfg: Config, plan: ToyTraining, out: Path, seed: int, resume: bool
     final = out / "vae.safetensors"
     if resume and final.exists():
         return final
+    short = out / "vae_short.ckpt"
+    with _progress("vae-short", plan.vae_short.steps, short, resume, log_) as report:
+        first = train_vae(cfg.vae, plan.vae_short, seed, short, resume, report)
     ckpt = out / "vae.ckpt"
     with _progress("vae", plan.vae.steps, ckpt, resume, log_) as report:
-        vae = train_vae(cfg.vae, plan.vae, seed, ckpt, resume, report)
+        vae = train_vae(cfg.vae, plan.vae, seed, ckpt, resume, report, init=first.state_dict())
     rng = np.random.default_rng(seed + 1)
     clips = [_to_video(render(random_clip(rng, 3))) for _ in range(plan.stats_clips)]
     mean, std = latent_statistics(vae, clips)
@@ -150,7 +155,7 @@ def stage_dit(cfg: Config, plan: ToyTraining, out: Path, data: LatentClips, seed
 def _loss_summary(path: Path) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = {}
-    for stage in ("vae", "dit"):
+    for stage in ("vae-short", "vae", "dit"):
         losses = [r["loss"] for r in rows if r["stage"] == stage]
         if losses:
             k = max(1, min(50, len(losses) // 10))

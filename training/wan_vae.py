@@ -64,7 +64,8 @@ class PlainDecoder3d(nn.Module):
             if i != len(mult) - 1:
                 ups.append(Upsample(out_dim, "upsample3d" if time_up[i] else "upsample2d"))
         self.upsamples = nn.ModuleList(ups)
-        self.head = nn.ModuleList([Norm(dims[-1]), nn.SiLU(), CausalConv(dims[-1], 3, (3, 3, 3))])
+        self.head = nn.ModuleList([Norm(dims[-1]) if cfg.head_norm else nn.Identity(), nn.SiLU(),
+                                   CausalConv(dims[-1], 3, (3, 3, 3))])
 
     def forward(self, x: torch.Tensor, state: EncoderState) -> torch.Tensor:
         x = self.conv1(x, state)
