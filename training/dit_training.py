@@ -63,8 +63,10 @@ class DiTTraining:
     # the loss's weight on the latent cells the object covers (`object_weight`; 1: a plain mean)
     object_weight: float = 6.0
     # matrix products in bfloat16 (torch.autocast; weights, optimiser and loss stay float32):
-    # about twice the speed on CPUs with bfloat16 instructions (AVX-512 BF16, AMX)
-    bfloat16: bool = True
+    # about twice the speed on CPUs with bfloat16 instructions (AVX-512 BF16, AMX), seven times
+    # slower on one without them (emulated: 6.6 s a step against about 1 s in float32 on an
+    # AVX2-only EPYC). None: bfloat16 where the CPU has those instructions
+    bfloat16: bool | None = None
 
 
 @dataclass
@@ -102,6 +104,13 @@ def embed(text_encoder: UMT5Encoder, ids: torch.Tensor, mask: torch.Tensor) -> t
     return text_encoder(ids, mask) * mask[..., None].to(torch.float32)
 
 
+def use_bfloat16(spec: DiTTraining) -> bool:
+    """`spec.bfloat16`, or (None) whether this CPU computes in bfloat16 natively."""
+    if spec.bfloat16 is not None:
+        return spec.bfloat16
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _window_copy(window: KVWindow) -> KVWindow:
     """A copy of the window with its own storage: a target writes its (gradient-carrying) keys
     and values there, and the stream's window stays as the feed of that block will need it."""
@@ -136,7 +145,7 @@ def clip_loss(dit: CausalDiT, text_encoder: UMT5Encoder, captioner: Captioner, c
 
     gen = StreamingGenerator(dit, cfg, batch=b)
     losses = []
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bfloat16(spec)):
         with torch.no_grad():
             gen.reset(prompt(0))
         for j in range(data.blocks):

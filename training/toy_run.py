@@ -37,7 +37,7 @@ from streaming.vae_encoder import load_encoder
 
 from . import checkpoint
 from .clips import random_clip, switch_block
-from .dit_training import DiTTraining, LatentClips, train_dit
+from .dit_training import DiTTraining, LatentClips, train_dit, use_bfloat16
 from .vae_training import SHORT, VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
 from .vocabulary import build_tokenizer
 from .wan_vae import ToyVAE
@@ -190,6 +190,7 @@ def train(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", 
         "config": config, "seed": seed, "world_version": WORLD_VERSION, "quick": quick,
         "plan": dataclasses.asdict(plan),
         "machine": {"python": platform.python_version(), "torch": torch.__version__, "threads": threads,
+                    "dit_bfloat16": use_bfloat16(plan.dit),
                     "cpu": platform.processor() or platform.machine()},
         "seconds_this_run": {k: round(v, 1) for k, v in times.items()},
         "losses": _loss_summary(out / "losses.jsonl"),
