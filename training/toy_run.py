@@ -3,7 +3,8 @@
 Stages, each checkpointed in the run folder so `--resume` continues where a run stopped:
 
 1. ``vae-short``, ``vae``: the Wan-structured VAE on crops of the world's clips
-   (`vae_training`), short clips first, then long ones, then its latents normalised (`fold_normalisation`) -> ``vae.safetensors``;
+   (`vae_training`), short clips first, then long ones, then its latents normalised
+   (`fold_normalisation`) -> ``vae.safetensors``;
 2. ``latents``: `clips` clips of the world (training scenes only, half with a switch) encoded
    whole by the trained encoder -> ``latents.pt``;
 3. ``dit``: the DiT and the text encoder by teacher forcing (`dit_training`) ->
