@@ -39,6 +39,12 @@ class ModelConfig:
     patch_size: tuple[int, int, int] = (1, 2, 2)
     eps: float = 1e-6
     rope_theta: float = 10000.0
+    # not in Wan: a learned embedding per (patch row, patch column), added to every frame's
+    # patch embeddings; [rows, cols] of the stream's patch grid, or None (Wan, LongLive). With
+    # RoPE alone a model knows only where tokens are relative to each other; the toy world's
+    # first block (drawn from pure noise, the object at the frame's centre) needs to know where
+    # the centre is, which a toy-sized model did not learn from the frame's edges (docs/TOY_WORLD.md)
+    position_grid: tuple[int, int] | None = None
 
     @property
     def head_dim(self) -> int:
@@ -353,6 +359,10 @@ def _validate(cfg: Config) -> None:
     factor = cfg.vae.spatial_factor * max(m.patch_size[1], m.patch_size[2])
     if v.height % factor or v.width % factor or v.height <= 0 or v.width <= 0:
         raise ConfigError(f"{where}: video.height and video.width must be positive multiples of {factor}")
+    grid = (v.height // cfg.vae.spatial_factor // m.patch_size[1], v.width // cfg.vae.spatial_factor // m.patch_size[2])
+    if m.position_grid is not None and tuple(m.position_grid) != grid:
+        raise ConfigError(f"{where}: model.position_grid {list(m.position_grid)} must be the stream's patch grid "
+                          f"[rows, columns] = {list(grid)} at {v.width}x{v.height}")
     if cfg.vae.z_dim != m.in_dim:
         raise ConfigError(f"{where}: vae.z_dim ({cfg.vae.z_dim}) must equal model.in_dim ({m.in_dim})")
     if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:

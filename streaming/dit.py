@@ -152,6 +152,8 @@ class CausalDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
+        if cfg.position_grid is not None:   # not in Wan (ModelConfig.position_grid); starts at zero
+            self.position_embedding = nn.Parameter(torch.zeros(cfg.position_grid[0] * cfg.position_grid[1], d))
         self._rope: Rope3D | None = None
 
     # -- setup ---------------------------------------------------------------
@@ -217,6 +219,11 @@ class CausalDiT(nn.Module):
         if frame_len != window.frame_len:
             raise ValueError(f"latents give {frame_len} tokens per frame, the window holds {window.frame_len}")
         x = x.flatten(2).transpose(1, 2).float()                                      # [B, L, C]
+        if cfg.position_grid is not None:
+            if (rows, cols) != tuple(cfg.position_grid):
+                raise ValueError(f"latents give a {rows}x{cols} patch grid, model.position_grid is "
+                                 f"{cfg.position_grid[0]}x{cfg.position_grid[1]}")
+            x = (x.view(b, f, frame_len, -1) + self.position_embedding.float()).view(b, f * frame_len, -1)
 
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, timestep.flatten()).float())
         e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # [B, F, 6, C]
