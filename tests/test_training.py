@@ -13,7 +13,7 @@ from streaming.config import VAEConfig, load_config
 from streaming.vae import StreamingVAEDecoder, build_vae
 from training import checkpoint
 from training.clips import random_clip, switch_block
-from training.dit_training import Captioner, DiTTraining, LatentClips, clip_loss, embed, train_dit
+from training.dit_training import Captioner, DiTTraining, LatentClips, clip_loss, embed, first_block_loss, train_dit
 from training.vae_training import CropPool, VAETraining, fold_normalisation, latent_statistics, train_vae
 from training.vocabulary import build_tokenizer
 from training.wan_vae import ToyVAE
@@ -87,7 +87,7 @@ def _small_dit_setup():
     from training.world import Clip, Scene
 
     cfg = load_config("toy").replace(model={"dim": 64, "ffn_dim": 128, "num_layers": 2, "num_heads": 2, "freq_dim": 32,
-                                            "patch_size": [1, 2, 2]}, video={"height": 64, "width": 64})
+                                            "patch_size": [1, 2, 2], "position_grid": [4, 4]}, video={"height": 64, "width": 64})
     frames = block_start_frame(6)
     a, b = Scene("red", "ball", "left", "grass"), Scene("blue", "ball", "left", "grass")
     clips = [Clip.of(a, frames, 1)] + [Clip((a, b), (0, block_start_frame(k)), frames, k) for k in (1, 3, 5)]
@@ -163,6 +163,50 @@ def test_each_target_sees_the_window_a_stream_would_have(gap, switch):
             if j == 0 and gap:
                 gen.frame += gap
                 gen.window.end += gap
+
+
+def test_extra_first_blocks_are_each_clips_start_seen_as_a_streams_first_block():
+    """`first_blocks`: the clips' first latents, noised to a step level, through the DiT as a
+    fresh stream's first block (frame 0, an empty window); the loss is the weighted x0 error
+    against those latents."""
+    cfg, data = _small_dit_setup()
+    from streaming.dit import CausalDiT
+    from streaming.generator import StreamingGenerator
+    from streaming.schedule import Schedule
+    from streaming.text import UMT5Encoder
+
+    torch.manual_seed(0)
+    dit, text = CausalDiT(cfg.model).eval(), UMT5Encoder(cfg.text).eval()
+    captioner = Captioner(build_tokenizer(), cfg.model.text_len)
+    calls, conditioning = [], []
+    predict, cross_kv = dit.predict, dit.cross_kv
+
+    def recording(latents, timestep, prompt, window, start, rewrite_sink=False):
+        out = predict(latents, timestep, prompt, window, start, rewrite_sink)
+        calls.append((latents.detach().clone(), timestep.clone(), start, out.detach().clone()))
+        return out
+
+    def remembering(context):
+        conditioning.append(context.detach().clone())
+        return cross_kv(context)
+
+    dit.predict, dit.cross_kv = recording, remembering
+    idx = np.array([2, 0, 3])
+    spec = DiTTraining(bfloat16=False, object_weight=6.0)
+    loss = first_block_loss(dit, text, captioner, cfg, data, idx, np.random.default_rng(0), spec)
+    dit.predict, dit.cross_kv = predict, cross_kv
+    (xt, t, start, flow), = calls
+    assert start == 0 and xt.shape[1] == cfg.latent_frames_per_block
+    gen = StreamingGenerator(dit, cfg, batch=len(idx))
+    with torch.no_grad():
+        gen.reset(conditioning[0])
+        torch.testing.assert_close(dit(xt, t, gen.prompt, gen.window, 0), flow, atol=1e-5, rtol=1e-5)
+    sched = Schedule.from_config(cfg.schedule)
+    sigma = torch.tensor([sched.step_sigmas[sched.steps.tolist().index(float(v))] for v in t[:, 0]]).view(-1, 1, 1, 1, 1)
+    x0 = data.latents[torch.as_tensor(idx), :3].float()
+    wts = data.weights(idx, 6.0)[:, :3]
+    expected = (((xt - sigma * flow - x0).square() * wts).mean() / wts.mean())
+    assert float(loss) == pytest.approx(float(expected), rel=1e-4)
 
 
 def test_switch_block_reads_where_a_clip_switches():

@@ -66,6 +66,10 @@ class DiTTraining:
     # the first block's pure noise rolled so its mark sits where the object starts
     # (`noise_mark`); off until a run has measured it
     first_block_mark: bool = False
+    # extra first blocks a step (no context: the stream's start, drawn from the words alone),
+    # each at one of the step levels: the first block is where the words alone must make the
+    # picture, and it is only one target in six of a clip's walk (0: none)
+    first_blocks: int = 0
     # matrix products in bfloat16 (torch.autocast; weights, optimiser and loss stay float32):
     # about twice the speed on CPUs with bfloat16 instructions (AVX-512 BF16, AMX), seven times
     # slower on one without them (emulated: 6.6 s a step against about 1 s in float32 on an
@@ -194,6 +198,26 @@ def clip_loss(dit: CausalDiT, text_encoder: UMT5Encoder, captioner: Captioner, c
     return torch.stack(losses).mean()
 
 
+def first_block_loss(dit: CausalDiT, text_encoder: UMT5Encoder, captioner: Captioner, cfg: Config,
+                     data: LatentClips, idx: np.ndarray, rng: np.random.Generator, spec: DiTTraining) -> torch.Tensor:
+    """The weighted x0 error of the first block of clips `idx`, each alone at a random step level
+    (an empty window: what a stream's first block sees)."""
+    sched = Schedule.from_config(cfg.schedule)
+    fpb = cfg.latent_frames_per_block
+    x0 = data.latents[torch.as_tensor(idx), :fpb].float()
+    wts = data.weights(idx, spec.object_weight)[:, :fpb]
+    b = x0.shape[0]
+    levels = torch.as_tensor(rng.integers(len(sched.step_sigmas), size=b))
+    sigma = torch.tensor(sched.step_sigmas, dtype=torch.float32)[levels].view(b, 1, 1, 1, 1)
+    timestep = sched.steps[levels].view(b, 1).expand(b, fpb).contiguous()
+    xt = (1 - sigma) * x0 + sigma * torch.randn_like(x0)
+    prompt = embed(text_encoder, *captioner([caption(data.clips[i].scene_at(0), rng) for i in idx]))
+    window = dit.new_window(cfg.window.local_attn_size, cfg.window.sink_size, cfg.frame_seq_length, b)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bfloat16(spec)):
+        flow = dit.predict(xt, timestep, dit.cross_kv(prompt), window, 0)
+    return ((xt - sigma * flow.float() - x0).square() * wts).mean() / wts.mean()
+
+
 def train_dit(cfg: Config, spec: DiTTraining, data: LatentClips, tokenizer, seed: int, ckpt_path: Path,
               resume: bool, report: Callable[[int, dict[str, float]], None] | None = None,
               init: dict | None = None, until: int | None = None) -> tuple[CausalDiT, UMT5Encoder]:
@@ -237,6 +261,9 @@ def train_dit(cfg: Config, spec: DiTTraining, data: LatentClips, tokenizer, seed
         switch, idx = draw_clips(rng, data, spec.batch)
         gap = 3 * int(rng.integers(20, 1200)) if rng.random() < spec.long_share else 0
         loss = clip_loss(dit, text_encoder, captioner, cfg, data, switch, idx, gap, rng, spec)
+        if spec.first_blocks:
+            firsts = rng.choice(len(data.clips), size=min(spec.first_blocks, len(data.clips)), replace=False)
+            loss = loss + first_block_loss(dit, text_encoder, captioner, cfg, data, firsts, rng, spec)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
