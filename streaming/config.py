@@ -43,7 +43,8 @@ class ModelConfig:
     # patch embeddings; [rows, cols] of the stream's patch grid, or None (Wan, LongLive). With
     # RoPE alone a model knows only where tokens are relative to each other; the toy world's
     # first block (drawn from pure noise, the object at the frame's centre) needs to know where
-    # the centre is, which a toy-sized model did not learn from the frame's edges (docs/TOY_WORLD.md)
+    # the centre is, which a toy-sized model did not learn from the frame's edges (docs/TOY_WORLD.md).
+    # At another frame size the table is resized (bilinear) to that grid
     position_grid: tuple[int, int] | None = None
 
     @property
@@ -359,10 +360,8 @@ def _validate(cfg: Config) -> None:
     factor = cfg.vae.spatial_factor * max(m.patch_size[1], m.patch_size[2])
     if v.height % factor or v.width % factor or v.height <= 0 or v.width <= 0:
         raise ConfigError(f"{where}: video.height and video.width must be positive multiples of {factor}")
-    grid = (v.height // cfg.vae.spatial_factor // m.patch_size[1], v.width // cfg.vae.spatial_factor // m.patch_size[2])
-    if m.position_grid is not None and tuple(m.position_grid) != grid:
-        raise ConfigError(f"{where}: model.position_grid {list(m.position_grid)} must be the stream's patch grid "
-                          f"[rows, columns] = {list(grid)} at {v.width}x{v.height}")
+    if m.position_grid is not None and min(m.position_grid) < 1:
+        raise ConfigError(f"{where}: model.position_grid must be [rows, columns] of the patch grid, not {list(m.position_grid)}")
     if cfg.vae.z_dim != m.in_dim:
         raise ConfigError(f"{where}: vae.z_dim ({cfg.vae.z_dim}) must equal model.in_dim ({m.in_dim})")
     if len(cfg.vae.temporal_downsample) != len(cfg.vae.dim_mult) - 1:
@@ -428,7 +427,7 @@ def config_from_mapping(data: dict[str, Any], source: str = "<mapping>") -> Conf
 
 
 # the preset that runs when neither --config nor --weights is given: the toy world, trained here
-EMBEDDED_DEFAULT = "tiny"   # "toy" once its trained weights are committed (issue 21)
+EMBEDDED_DEFAULT = "toy"
 
 
 def choose_preset(config: str | Path | None, weights: str | Path | None) -> str | Path:

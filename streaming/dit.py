@@ -152,8 +152,10 @@ class CausalDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.head = Head(cfg)
-        if cfg.position_grid is not None:   # not in Wan (ModelConfig.position_grid); starts at zero
-            self.position_embedding = nn.Parameter(torch.zeros(cfg.position_grid[0] * cfg.position_grid[1], d))
+        if cfg.position_grid is not None:   # not in Wan (ModelConfig.position_grid)
+            # random at about the patch embeddings' own size: a table started at zero stayed near
+            # it (600 steps of training left it at 3 % of them; the model never used it)
+            self.position_embedding = nn.Parameter(0.5 * torch.randn(cfg.position_grid[0] * cfg.position_grid[1], d))
         self._rope: Rope3D | None = None
 
     # -- setup ---------------------------------------------------------------
@@ -173,6 +175,17 @@ class CausalDiT(nn.Module):
         if self._rope is None or self._rope.device != dev:
             self._rope = Rope3D(self.cfg.rope_split, self.cfg.rope_theta, dev)
         return self._rope
+
+    def positions(self, rows: int, cols: int) -> torch.Tensor:
+        """[rows*cols, dim] float32: the position table (`ModelConfig.position_grid`), resized
+        (bilinear, as a picture) where the stream's patch grid is another size."""
+        table = self.position_embedding.float()
+        grid = tuple(self.cfg.position_grid)
+        if (rows, cols) == grid:
+            return table
+        picture = table.view(1, *grid, -1).permute(0, 3, 1, 2)
+        resized = torch.nn.functional.interpolate(picture, size=(rows, cols), mode="bilinear", align_corners=False)
+        return resized.permute(0, 2, 3, 1).reshape(rows * cols, -1)
 
     def new_window(self, capacity: int, sink: int, frame_len: int, batch: int = 1) -> KVWindow:
         p = self.patch_embedding.weight
@@ -220,10 +233,7 @@ class CausalDiT(nn.Module):
             raise ValueError(f"latents give {frame_len} tokens per frame, the window holds {window.frame_len}")
         x = x.flatten(2).transpose(1, 2).float()                                      # [B, L, C]
         if cfg.position_grid is not None:
-            if (rows, cols) != tuple(cfg.position_grid):
-                raise ValueError(f"latents give a {rows}x{cols} patch grid, model.position_grid is "
-                                 f"{cfg.position_grid[0]}x{cfg.position_grid[1]}")
-            x = (x.view(b, f, frame_len, -1) + self.position_embedding.float()).view(b, f * frame_len, -1)
+            x = (x.view(b, f, frame_len, -1) + self.positions(rows, cols)).view(b, f * frame_len, -1)
 
         e = self.time_embedding(sinusoidal_embedding(cfg.freq_dim, timestep.flatten()).float())
         e0 = self.time_projection(e).unflatten(1, (6, cfg.dim)).unflatten(0, (b, f))  # [B, F, 6, C]

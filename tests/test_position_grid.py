@@ -30,6 +30,8 @@ def _first_block_input(dit, cfg, latents):
 def test_the_table_adds_each_place_to_that_place_in_every_frame():
     cfg, rows, cols = _cfg(lambda r, c: (r, c))
     dit = build_dit(cfg)
+    with torch.no_grad():
+        dit.position_embedding.zero_()
     f = cfg.latent_frames_per_block
     latents = torch.randn(1, f, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
     plain = _first_block_input(dit, cfg, latents)
@@ -48,7 +50,26 @@ def test_a_model_without_the_table_has_no_such_weight():
     assert not hasattr(build_dit(load_config("tiny")), "position_embedding")
 
 
-def test_a_table_of_the_wrong_size_is_one_clear_sentence():
-    with pytest.raises(ConfigError, match=r"model.position_grid \[2, 3\] must be the stream's patch grid") as err:
-        _cfg(lambda r, c: (2, 3))
+def test_at_another_frame_size_the_table_is_resized_as_a_picture():
+    """A stream of another size still runs: the table is resized to its patch grid; a table
+    that is one vector everywhere stays that vector everywhere, and a left-to-right ramp stays
+    a left-to-right ramp."""
+    cfg, rows, cols = _cfg(lambda r, c: (r + 1, c + 2))
+    dit = build_dit(cfg)
+    with torch.no_grad():
+        dit.position_embedding.copy_(torch.arange(cfg.model.dim, dtype=torch.float32).expand(len(dit.position_embedding), -1))
+    assert torch.allclose(dit.positions(rows, cols), dit.position_embedding[:1].expand(rows * cols, -1))
+    ramp = torch.arange(cols + 2, dtype=torch.float32).repeat(rows + 1)[:, None].expand(-1, cfg.model.dim)
+    with torch.no_grad():
+        dit.position_embedding.copy_(ramp)
+    table = dit.positions(rows, cols).view(rows, cols, -1)[..., 0]
+    assert (table[:, 1:] > table[:, :-1]).all() and torch.allclose(table, table[:1].expand(rows, -1))
+    f = cfg.latent_frames_per_block
+    latents = torch.randn(1, f, cfg.model.in_dim, cfg.latent_height, cfg.latent_width)
+    assert _first_block_input(dit, cfg, latents).shape[1] == f * rows * cols
+
+
+def test_a_grid_without_places_is_one_clear_sentence():
+    with pytest.raises(ConfigError, match=r"model.position_grid must be \[rows, columns\] of the patch grid, not \[0, 3\]") as err:
+        _cfg(lambda r, c: (0, 3))
     assert "\n" not in str(err.value)

@@ -1,0 +1,103 @@
+"""The committed toy-world weights (configs/toy/, the embedded default): they are what their
+manifest says, and words steer what they draw, measured by the evaluator (`bench.toy_eval`) on a
+small sample of prompts the model never saw in training. The same sample with the tokenizer's
+words shuffled (each word reaching the model as another's token) fails: the evaluator tells a
+model that follows its words from one that does not."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from bench.toy_eval import JUMP_SHARE, THRESHOLDS, Streams, evaluate_attributes
+from bench.toy_measure import measure
+from streaming.config import EMBEDDED_DEFAULT, load_config, preset_weights
+from training.world import WIDTH, WORLD_VERSION
+
+TOY = preset_weights(load_config("toy"))
+SAMPLE = 12          # prompts (each 5 blocks of the product's pipeline)
+SEED = 7             # not the evaluator's default seed: another draw of held-out prompts
+
+
+def test_the_toy_world_is_the_embedded_default():
+    assert EMBEDDED_DEFAULT == "toy"
+
+
+def test_committed_weights_are_what_their_manifest_says():
+    manifest = json.loads((TOY / "manifest.json").read_text())
+    assert manifest["world_version"] == WORLD_VERSION
+    assert not manifest["quick"]
+    total = 0
+    for name, entry in manifest["files"].items():
+        data = (TOY / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        total += len(data)
+    assert total <= 16 * 2**20, total
+    assert manifest["losses"]["dit"]["last"] < manifest["losses"]["dit"]["first"]
+
+
+@pytest.fixture(scope="module")
+def committed():
+    return Streams(None, "toy")
+
+
+def _shares(streams: Streams) -> dict[str, float]:
+    tallies = evaluate_attributes(streams, SAMPLE, SEED, lambda line: None)
+    for name, t in tallies.items():
+        print(f"{name}: {t.share:.0%} misses {t.misses}")
+    return {name: t.share for name, t in tallies.items()}
+
+
+@pytest.mark.slow
+def test_committed_weights_follow_their_words(committed):
+    shares = _shares(committed)
+    for name in ("colour", "setting", "shape", "motion"):
+        assert shares[name] >= THRESHOLDS[name], (name, shares)
+
+
+@pytest.mark.slow
+def test_the_evaluator_fails_a_model_whose_words_are_shuffled(tmp_path):
+    shutil.copytree(TOY, tmp_path / "toy")
+    path = tmp_path / "toy" / "tokenizer.json"
+    tok = json.loads(path.read_text())
+    vocab = tok["model"]["vocab"]
+    words = [w for w in vocab if not w.startswith("[")]
+    ids = [vocab[w] for w in words]
+    shuffled = np.random.default_rng(0).permutation(len(ids))
+    for w, j in zip(words, shuffled):
+        vocab[w] = ids[j]
+    path.write_text(json.dumps(tok))
+    shares = _shares(Streams(str(tmp_path / "toy"), "toy"))
+    assert shares["colour"] < THRESHOLDS["colour"] and shares["setting"] < THRESHOLDS["setting"], shares
+
+
+RED = "a big red ball moving right over green grass"
+BLUE = "a big blue ball moving right over green grass"
+
+
+def _colour(frames: np.ndarray) -> tuple[str | None, list]:
+    seen = [measure(f) for f in frames]
+    colours = [s.colour for s in seen if s.found]
+    return (max(set(colours), key=colours.count) if colours else None), seen
+
+
+def test_a_switch_from_red_to_blue_turns_the_ball_blue_where_it_was(committed):
+    """Offline, the product's pipeline: red for 4 blocks, then the switch (the re-cache); the
+    second block after it is blue, and the ball has not jumped."""
+    pipe = committed.pipe
+    pipe.start(RED, seed=11)
+    before = [pipe.next_frames().frames for _ in range(4)]
+    pipe.switch_prompt(BLUE)
+    after = [pipe.next_frames().frames for _ in range(2)]
+    colour, _ = _colour(before[-1])
+    assert colour == "red", colour
+    colour, _ = _colour(after[1])
+    assert colour == "blue", colour
+    last, first = measure(before[-1][-1]), measure(after[0][0])
+    assert last.found and first.found
+    jump = np.hypot((first.x - last.x + WIDTH / 2) % WIDTH - WIDTH / 2, first.y - last.y)
+    assert jump < JUMP_SHARE * WIDTH, jump
