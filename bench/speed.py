@@ -17,7 +17,7 @@ and, where Triton runs, each kernel beside the best torch path.
     python -m longlive bench ...        (the same, where the `longlive` script is not installed)
 
 Without `--config` it measures what the machine can run: the full `longlive` preset on a
-CUDA GPU, the embedded default (`tiny`) on a CPU, and says which in one line. While it runs
+CUDA GPU, the embedded default (`toy`) on a CPU, and says which in one line. While it runs
 it reports each warm-up and measured block and each later phase on stderr, one line each.
 """
 

@@ -197,10 +197,10 @@ def seconds(text: str) -> float:
 
 # -- arguments -------------------------------------------------------------------------------------
 def _model_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, help="preset name from configs/ (tiny, longlive) or a YAML path "
-                   "(default: longlive with weights, else tiny)")
+    p.add_argument("--config", default=None, help="preset name from configs/ (toy, tiny, longlive) or a YAML path "
+                   "(default: longlive with weights, else toy, the toy world trained here)")
     p.add_argument("--weights", type=Path, default=os.environ.get("LONGLIVE_WEIGHTS") or None, metavar="DIR",
-                   help="folder with the LongLive weights (default: $LONGLIVE_WEIGHTS; none: random tiny weights)")
+                   help="folder with the LongLive weights (default: $LONGLIVE_WEIGHTS; none: the toy world's own weights)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: the config's, usually auto)")
 
 
@@ -324,7 +324,7 @@ def add_interactive_arguments(p: argparse.ArgumentParser) -> None:
 
 def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None,
-                   help="preset or YAML path (default: longlive, the full size, on a CUDA GPU; tiny, the embedded "
+                   help="preset or YAML path (default: longlive, the full size, on a CUDA GPU; toy, the embedded "
                         "default, on a CPU)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--blocks", type=positive_int, default=8, help="steady-state blocks to time (default 8)")

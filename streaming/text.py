@@ -7,7 +7,7 @@ past them is exactly zero. Padding is kept, not trimmed.
 
 The encoder (`UMT5Encoder`) is config-driven (`cfg.text`) and uses the official key names of
 `models_t5_umt5-xxl-enc-bf16.pth`, so the same class serves the real 5.7 B-parameter
-encoder and the tiny seeded one of the embedded default:
+encoder and the tiny preset's seeded one:
 
 - T5 RMSNorm (no mean subtraction, eps 1e-6), computed in float32;
 - self-attention without the 1/sqrt(head_dim) scale, plus a learned relative position bias
@@ -20,7 +20,7 @@ Tokenizers. Every prompt is cleaned first as the official code does (ftfy.fix_te
 unescaped twice, whitespace collapsed to single spaces, stripped); then tokenized, EOS
 appended, truncated to text_len keeping EOS as the last real token, padded with id 0.
 `cfg.text.kind == "umt5"` reads google/umt5-xxl's tokenizer.json with the `tokenizers`
-library; `"byte"` (the tiny default, no download) maps UTF-8 byte b to id b + 2 (0 = pad,
+library; `"byte"` (the tiny preset, no download) maps UTF-8 byte b to id b + 2 (0 = pad,
 1 = EOS), so it needs vocab_size >= 258.
 
 Cache and placement. Embeddings are kept in an LRU cache keyed by the cleaned prompt
@@ -307,7 +307,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids (b + 2); 0 = pad, 1 = EOS. For the tiny default: nothing to download."""
+    """UTF-8 bytes as ids (b + 2); 0 = pad, 1 = EOS. For the tiny preset: nothing to download."""
 
     vocab_size = 256 + BYTE_OFFSET
 

@@ -1,8 +1,8 @@
-"""The soak: the tiny default served for real for a long time, steered and watched, measured.
+"""The soak: the embedded default served for real for a long time, steered and watched, measured.
 
     .venv/bin/python -m tools.soak --minutes 60 [--viewers 5] [--switch-every 2] [--window 10] [-- SERVE ARGS]
 
-It starts `longlive serve` (the tiny embedded default) on a free port of 127.0.0.1 with
+It starts `longlive serve` (the embedded default) on a free port of 127.0.0.1 with
 `--record DIR` (a recording runs from the first block) and `--rewind-memory 64` (see below),
 connects `--viewers` WebRTC viewers (aiortc peers on loopback that decode every frame they
 get, and count them) and a control WebSocket (every event), and sends a new prompt every
@@ -37,7 +37,7 @@ and a summary, and exits 1 when a check fails:
   collector has not reached yet (a full collection freed 2.5-18k blocks and took 0.2-0.3 s,
   too long to run for each read) and fill the stream encoder's 2,048 newest frame
   numbers in the first two minutes (docs/RELIABILITY.md, The soak's memory). The rewind
-  shelf keeps a snapshot (~9.5 MiB for the tiny default) per applied prompt up to
+  shelf keeps a snapshot (~9.5 MiB for the tiny preset) per applied prompt up to
   `--rewind-memory` (default a quarter of the machine's memory), so with the server's
   default memory grows by design until that budget is full; the soak gives it 64 MiB (six
   snapshots), which fills within a few switches and then exercises dropping the oldest.
@@ -210,7 +210,7 @@ def serve_probed() -> None:
 
 
 class Server:
-    """`longlive serve` (tiny default) in a subprocess (under `serve_probed`), its output
+    """`longlive serve` (the embedded default) in a subprocess (under `serve_probed`), its output
     drained into `lines`."""
 
     def __init__(self, args: list[str]):

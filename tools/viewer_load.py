@@ -1,4 +1,4 @@
-"""How much server CPU an audience costs: `longlive serve` (the tiny default) with 0, 1, 5 and
+"""How much server CPU an audience costs: `longlive serve` (the embedded default) with 0, 1, 5 and
 20 WebRTC viewers on loopback, each an aiortc peer that decodes what it gets.
 
     .venv/bin/python tools/viewer_load.py [--viewers 0 1 5 20] [--seconds 10] [-- SERVE ARGS]

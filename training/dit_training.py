@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DiTTraining:
-    steps: int = 1800
+    steps: int = 2400
     batch: int = 2                 # clips a step; every block of each is a target
     lr: float = 1e-3
     weight_decay: float = 0.01
@@ -68,8 +68,10 @@ class DiTTraining:
     first_block_mark: bool = False
     # extra first blocks a step (no context: the stream's start, drawn from the words alone),
     # each at one of the step levels: the first block is where the words alone must make the
-    # picture, and it is only one target in six of a clip's walk (0: none)
-    first_blocks: int = 0
+    # picture, and it is only one target in six of a clip's walk (0: none). With 8, 600 steps
+    # on from a trained model put one object of about the right colour at the centre, where
+    # without them there was a faint smear down the frame (docs/TOY_WORLD.md)
+    first_blocks: int = 8
     # matrix products in bfloat16 (torch.autocast; weights, optimiser and loss stay float32):
     # about twice the speed on CPUs with bfloat16 instructions (AVX-512 BF16, AMX), seven times
     # slower on one without them (emulated: 6.6 s a step against about 1 s in float32 on an

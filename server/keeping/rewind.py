@@ -25,7 +25,7 @@ LISTED_CHARS = 120           # ... each with at most this much of its prompt (a 
 
 def default_budget() -> int:
     """Bytes of host memory for snapshots when none is asked for: a quarter of the machine's
-    memory (at full LongLive size a snapshot is about 3.5 GB, the tiny default's about 9 MB)."""
+    memory (at full LongLive size a snapshot is about 3.5 GB, the tiny preset's about 9 MB)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // REWIND_SHARE
     except (ValueError, OSError, AttributeError):      # not on this platform
