@@ -394,7 +394,9 @@ def spawn(tmp_path: Path, *args: str) -> tuple[pexpect.spawn, io.StringIO]:
     # Ctrl-C interrupts the program, as at a terminal, also when the tests run with SIGINT ignored: a shell
     # without job control starts its background jobs (`make test &`) so, a child inherits it, and Python
     # then installs no KeyboardInterrupt handler (Ctrl-C would do nothing and the chunk would be made)
-    child = pexpect.spawn(sys.executable, ["-m", "longlive", "interactive", "--no-ai", "--output-dir", "out", *args],
+    # the tiny preset, as the reference streams these tests compare with (`pipe`)
+    argv = ["-m", "longlive", "interactive", "--no-ai", "--config", "tiny", "--output-dir", "out", *args]
+    child = pexpect.spawn(sys.executable, argv,
                           cwd=str(tmp_path), env=env, encoding="utf-8", timeout=STEP_S, dimensions=(50, 200),
                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     child.logfile_read = log = io.StringIO()
