@@ -49,6 +49,10 @@ WORKFLOW = {
 
 
 def longlive(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`longlive COMMAND ...`; a render without `--config` renders the tiny preset (the sizes and
+    the reference streams these tests compare with are the tiny preset's)."""
+    if args[:1] == ("render",) and "--config" not in args:
+        args = ("render", "--config", "tiny", *args[1:])
     return subprocess.run([sys.executable, "-m", "longlive", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "LONGLIVE_WEIGHTS": "", "PYTHONPATH": str(REPO)})
 
