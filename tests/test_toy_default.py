@@ -97,3 +97,30 @@ def test_a_switch_from_grass_to_snow_turns_the_ground_white(committed):
     after = [pipe.next_frames().frames for _ in range(2)]
     assert [measure(f).setting for f in before[-1]] == ["grass"] * len(before[-1])
     assert [measure(f).setting for f in after[1]] == ["snow"] * len(after[1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["snow", "sand", "ocean"])
+def test_the_committed_vae_draws_every_colour_as_itself(committed, setting):
+    """Each of the eight colours, a big ball drawn by the world over `setting`, through the
+    committed VAE as the product runs it (the encoder, then the streaming decoder): the last
+    second of the round trip measures as the colour drawn. (Before the decoder's colour stage,
+    `vae_training.COLOUR`, red came back grey-green and orange yellow.)"""
+    import torch
+
+    from streaming.pipeline import to_uint8
+    from streaming.vae_encoder import load_encoder
+    from training.world import COLOURS, Clip, Scene, render
+
+    encoder = load_encoder(load_config("toy").vae, TOY / "vae.safetensors")
+    decoder = committed.pipe.decoder
+    seen = {}
+    for colour in COLOURS:
+        frames = render(Clip.of(Scene(colour, "ball", "right", setting, "big"), 33, 3))
+        video = torch.from_numpy(frames).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        decoder.reset()
+        with torch.no_grad():
+            out = to_uint8(decoder.decode(encoder(video[None]))).cpu().numpy()
+        seen[colour] = [measure(f).colour for f in out[-16::3]]
+    wrong = {c: s for c, s in seen.items() if s.count(c) < len(s) // 2 + 1}
+    assert not wrong, wrong

@@ -33,7 +33,7 @@ def test_quick_run_writes_weights_a_manifest_and_resumes(tmp_path):
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"], name
     stages = {json.loads(line)["stage"] for line in (out / "losses.jsonl").read_text().splitlines()}
-    assert stages == {"vae-short", "vae", "dit"}
+    assert stages == {"vae-short", "vae", "dit", "vae-colour"}
     # the weights are what the toy preset loads: the official key layout, the preset's shapes
     cfg = load_config("toy")
     dit = load_file(str(out / "diffusion_pytorch_model.safetensors"))

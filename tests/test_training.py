@@ -82,6 +82,36 @@ def test_vae_training_loss_falls_and_resume_is_exact(tmp_path):
     assert half + rest == pytest.approx(whole, rel=1e-5)
 
 
+
+def test_crop_weights_follow_the_object_drawn_in_them():
+    """Each crop pixel's loss weight is 1 plus `object_weight` times the share of it the object
+    covers: the full weight on the pixels the object's colour was drawn on, 1 on the setting's."""
+    from training.world import COLOURS, Clip, Scene
+
+    spec = VAETraining(batch=6, frames=5, crop=32, pool=1, pool_blocks=1, object_share=0.5, object_weight=9.0)
+    clip = Clip.of(Scene("red", "ball", "still", "snow", "small"), 24, 2)
+    pool = CropPool(spec, np.random.default_rng(0), [clip])
+    video, weight = pool.batch()
+    assert weight.shape == (6, 1, 5, 32, 32) and weight.min() == 1.0 and weight.max() == 10.0
+    red = torch.tensor(COLOURS["red"], dtype=torch.float32).div(127.5).sub(1.0).view(1, 3, 1, 1, 1)
+    painted = (video - red).abs().amax(1, keepdim=True) < 0.02       # the object's own colour
+    assert painted.any() and (~painted).any()
+    assert (weight[painted] == 10.0).all()
+    assert (weight[(video.amin(1, keepdim=True) > 0.8)] == 1.0).all()   # the snow (bright in every channel)
+
+
+def test_decoder_only_training_leaves_the_encoder_and_its_latents_as_they_were(tmp_path):
+    spec = VAETraining(steps=3, batch=1, frames=5, crop=32, pool=1, pool_blocks=1, warmup=1, object_weight=9.0,
+                       decoder_only=True)
+    torch.manual_seed(0)
+    start = {k: v.clone() for k, v in ToyVAE(TOY_VAE).state_dict().items()}
+    vae = train_vae(TOY_VAE, spec, 0, tmp_path / "c.ckpt", False, init=start)
+    end = vae.state_dict()
+    moved = {k for k in start if not torch.equal(start[k], end[k])}
+    assert moved and all(k.startswith(("decoder.", "conv2.")) for k in moved), sorted(moved)
+    assert any(k.startswith("decoder.") for k in moved)
+
+
 def _small_dit_setup():
     from training.clips import block_start_frame
     from training.world import Clip, Scene

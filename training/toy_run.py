@@ -4,13 +4,18 @@ Stages, each checkpointed in the run folder so `--resume` continues where a run 
 
 1. ``vae-short``, ``vae``: the Wan-structured VAE on crops of the world's clips
    (`vae_training`), short clips first, then long ones, then its latents normalised
-   (`fold_normalisation`) -> ``vae.safetensors``;
+   (`fold_normalisation`) -> ``vae_base.safetensors``;
 2. ``latents``: `clips` clips of the world (training scenes only, half with a switch) encoded
    whole by the trained encoder -> ``latents.pt``;
 3. ``dit``: the DiT and the text encoder by teacher forcing (`dit_training`) ->
    ``diffusion_pytorch_model.safetensors``, ``text_encoder.safetensors``, ``tokenizer.json``;
-4. ``manifest.json``: the command, seed, world version, sizes, losses, time per stage and the
+4. ``vae-colour``: the decoder alone, the object's pixels weighed up (`vae_training.COLOUR`;
+   the encoder, so the latents the DiT learnt from, unchanged) -> ``vae.safetensors``;
+5. ``manifest.json``: the command, seed, world version, sizes, losses, time per stage and the
    sha256 of every weight file.
+
+A resumed run skips a stage whose output files are all there (the latents and the DiT together:
+the latents are only the DiT's input).
 
 Every step's figures go to ``losses.jsonl``; progress bars go to stderr.
 """
@@ -30,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from streaming.config import Config, load_config
@@ -39,7 +44,7 @@ from streaming.vae_encoder import load_encoder
 from . import checkpoint
 from .clips import random_clip, switch_block
 from .dit_training import DiTTraining, LatentClips, train_dit, use_bfloat16
-from .vae_training import SHORT, VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
+from .vae_training import COLOUR, SHORT, VAETraining, fold_normalisation, latent_statistics, train_vae, _to_video
 from .vocabulary import build_tokenizer
 from .wan_vae import ToyVAE
 from .world import WORLD_VERSION, render
@@ -53,6 +58,7 @@ CLIP_BLOCKS = 6
 class ToyTraining:
     vae_short: VAETraining = SHORT       # the VAE's first phase: short clips, large batches
     vae: VAETraining = field(default_factory=VAETraining)   # then long clips
+    vae_colour: VAETraining = COLOUR     # last, the decoder alone with the object weighed up
     clips: int = 300
     stats_clips: int = 12
     dit: DiTTraining = field(default_factory=DiTTraining)
@@ -61,6 +67,8 @@ class ToyTraining:
 # `--quick`: a few steps of every stage, to see the command work end to end (not a model)
 QUICK = ToyTraining(vae_short=VAETraining(steps=2, batch=1, frames=5, crop=32, pool=1, pool_blocks=1),
                     vae=VAETraining(steps=4, batch=1, frames=5, crop=32, pool=1, pool_blocks=1, checkpoint_every=2),
+                    vae_colour=VAETraining(steps=2, batch=1, frames=5, crop=32, pool=1, pool_blocks=1,
+                                           object_weight=9.0, decoder_only=True),
                     clips=2, stats_clips=1,
                     dit=DiTTraining(steps=3, batch=1, checkpoint_every=2))
 
@@ -101,8 +109,15 @@ def _save(module: torch.nn.Module, path: Path) -> None:
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(path))
 
 
+DIT_FILES = ("diffusion_pytorch_model.safetensors", "text_encoder.safetensors", "tokenizer.json")
+
+
+def _done(out: Path, names: tuple[str, ...], resume: bool) -> bool:
+    return resume and all((out / n).exists() for n in names)
+
+
 def stage_vae(cfg: Config, plan: ToyTraining, out: Path, seed: int, resume: bool, log_: Log) -> Path:
-    final = out / "vae.safetensors"
+    final = out / "vae_base.safetensors"
     if resume and final.exists():
         return final
     short = out / "vae_short.ckpt"
@@ -153,10 +168,18 @@ def stage_dit(cfg: Config, plan: ToyTraining, out: Path, data: LatentClips, seed
     tokenizer.save(str(out / "tokenizer.json"))
 
 
+def stage_vae_colour(cfg: Config, plan: ToyTraining, out: Path, base: Path, seed: int, resume: bool, log_: Log) -> None:
+    """The decoder of the normalised VAE `base` trained on alone -> vae.safetensors."""
+    ckpt = out / "vae_colour.ckpt"
+    with _progress("vae-colour", plan.vae_colour.steps, ckpt, resume, log_) as report:
+        vae = train_vae(cfg.vae, plan.vae_colour, seed + 3, ckpt, resume, report, init=load_file(str(base)))
+    _save(vae, out / "vae.safetensors")
+
+
 def _loss_summary(path: Path) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     out = {}
-    for stage in ("vae-short", "vae", "dit"):
+    for stage in ("vae-short", "vae", "dit", "vae-colour"):
         losses = [r["loss"] for r in rows if r["stage"] == stage]
         if losses:
             k = max(1, min(50, len(losses) // 10))
@@ -176,12 +199,17 @@ def train(out: Path, seed: int, resume: bool, quick: bool, config: str = "toy", 
         t0 = time.perf_counter()
         vae_path = stage_vae(cfg, plan, out, seed, resume, log_)
         times["vae_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        data = stage_latents(cfg, plan, out, vae_path, seed, resume)
-        times["latents_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        stage_dit(cfg, plan, out, data, seed, resume, log_)
-        times["dit_s"] = time.perf_counter() - t0
+        if not _done(out, DIT_FILES, resume):
+            t0 = time.perf_counter()
+            data = stage_latents(cfg, plan, out, vae_path, seed, resume)
+            times["latents_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stage_dit(cfg, plan, out, data, seed, resume, log_)
+            times["dit_s"] = time.perf_counter() - t0
+        if not _done(out, ("vae.safetensors",), resume):
+            t0 = time.perf_counter()
+            stage_vae_colour(cfg, plan, out, vae_path, seed, resume, log_)
+            times["vae_colour_s"] = time.perf_counter() - t0
     finally:
         log_.close()
     files = ["vae.safetensors", "diffusion_pytorch_model.safetensors", "text_encoder.safetensors", "tokenizer.json"]

@@ -126,12 +126,19 @@ def bounce_lift(clip: Clip) -> np.ndarray:
 
 def render(clip: Clip, frames: Sequence[int] | None = None) -> np.ndarray:
     """[frames, HEIGHT, WIDTH, 3] uint8 RGB: every frame of the clip, or those listed."""
+    return render_with_coverage(clip, frames)[0]
+
+
+def render_with_coverage(clip: Clip, frames: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """`render`'s frames, and [frames, HEIGHT, WIDTH] uint8 how much of each pixel the object
+    (its fill and outline) covers, 0..255."""
     rng = np.random.default_rng(clip.seed)
     textures = {name: _texture(name, rng) for name in SETTINGS}
     centres, lift = positions(clip), bounce_lift(clip)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32) + 0.5
     wanted = range(clip.frames) if frames is None else list(frames)
     video = np.empty((len(wanted), HEIGHT, WIDTH, 3), dtype=np.uint8)
+    covered = np.empty((len(wanted), HEIGHT, WIDTH), dtype=np.uint8)
     for i, f in enumerate(wanted):
         scene = clip.scene_at(f)
         frame = _background(scene.setting, textures[scene.setting], f)
@@ -142,7 +149,8 @@ def render(clip: Clip, frames: Sequence[int] | None = None) -> np.ndarray:
         frame = frame * (1 - ring[..., None]) + outline * ring[..., None]
         frame = frame * (1 - fill[..., None]) + colour * fill[..., None]
         video[i] = np.clip(frame + 0.5, 0, 255).astype(np.uint8)
-    return video
+        covered[i] = np.clip((fill + ring) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return video, covered
 
 
 # -- drawing ----------------------------------------------------------------------------------------------
