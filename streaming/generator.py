@@ -128,19 +128,36 @@ class StreamingGenerator:
         return True
 
     @torch.no_grad()
-    def next_block(self) -> torch.Tensor:
-        """Generate the next block: clean latents [B, frames_per_block, C, h, w] float32."""
+    def next_block(self, source: torch.Tensor | None = None, strength: float = 1.0) -> torch.Tensor:
+        """Generate the next block: clean latents [B, frames_per_block, C, h, w] float32.
+
+        With `source` (an input's latents for this block, the same shape) the block is
+        video-to-video: it starts from ``noise * strength + source * (1 - strength)`` and
+        denoises from that level down (`Schedule.from_strength`); strength 1 is text alone,
+        0 the source itself. Everything else (window, sink, re-cache, noise) is as without."""
+        shape = self.block_shape
+        if source is not None:
+            if tuple(source.shape) != shape:
+                raise ValueError(f"an input block's latents must be {list(shape)}, not {list(source.shape)}")
+            plan = self.schedule.from_strength(strength)
         self.apply_switch()
-        dit, start, block, shape = self.dit, self.frame, self.block, self.block_shape
+        dit, start, block = self.dit, self.frame, self.block
         x = self.noise.draw(block, INITIAL, shape, self.device)
-        last = len(self._t_steps) - 1
-        for i, t in enumerate(self._t_steps):
+        steps, sigmas = self._t_steps, self._sigmas
+        if source is not None:
+            s = float(strength)
+            x = x * s + source.to(self.device, torch.float32) * (1 - s)
+            steps = [torch.full_like(self._t_context, t) for t, _ in plan]
+            sigmas = tuple(sig for _, sig in plan)
+        x0 = x
+        last = len(steps) - 1
+        for i, t in enumerate(steps):
             flow = dit(x, t, self.prompt, self.window, start)
-            x0 = self.schedule.flow_to_x0(flow, x, self._sigmas[i])
+            x0 = self.schedule.flow_to_x0(flow, x, sigmas[i])
             if self.trace is not None:
                 self.trace("denoise", block, i, x, x0)
             if i < last:
-                x = Schedule.renoise(x0, self.noise.draw(block, i, shape, self.device), self._sigmas[i + 1])
+                x = Schedule.renoise(x0, self.noise.draw(block, i, shape, self.device), sigmas[i + 1])
         self._settle(x0)
         return x0
 

@@ -43,6 +43,27 @@ class Schedule:
         step_sigmas = tuple(float(sched.sigma_of(float(t))) for t in steps)
         return cls(sig, timesteps, steps, step_sigmas, float(cfg.context_noise))
 
+    def from_strength(self, strength: float) -> tuple[tuple[float, float], ...]:
+        """(timestep, sigma) of each step for a block that starts from an input's latents mixed
+        with noise as ``noise * s + latents * (1 - s)`` (video-to-video, strength s in [0, 1]).
+
+        That mix is a flow-matching sample at sigma = s, so the first step is run at sigma s
+        (timestep 1000 s), and then the schedule's own steps below s, so the noise level only
+        goes down: a sampler whose next step were noisier than its last would renoise away
+        what that step drew. (Scope's video mode runs its first step at 1000 s - 100, which
+        labels the mix as less noisy than it is, and keeps its later steps whatever s is, so
+        the second can be noisier than the first.) At s = 1 this is the text-only schedule;
+        at s = 0, no step at all: the block is the input's latents."""
+        s = float(strength)
+        if not 0.0 <= s <= 1.0:
+            raise ValueError(f"strength must be between 0 and 1, not {strength}")
+        if s == 0.0:
+            return ()
+        steps = tuple((float(t), sig) for t, sig in zip(self.steps, self.step_sigmas))
+        if s == 1.0:
+            return steps
+        return ((float(self.timesteps.numel()) * s, s),) + tuple(step for step in steps if step[1] < s)
+
     def sigma_of(self, t: float) -> torch.Tensor:
         """sigma of the grid timestep nearest to t (float32 scalar tensor)."""
         idx = torch.argmin((self.timesteps - torch.tensor(t, dtype=torch.float32)).abs())
