@@ -23,6 +23,7 @@ from .blend import Blend, Glide, TransitionSpec
 from .config import Config, apply_runtime, preset_weights
 from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
+from .input_encoder import InputEncoder, make_input_encoder
 from .weights import WeightFiles, WeightsError, build_dit, load_dit, locate
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ class FrameBlock:
     decode_ms: float
     transition: tuple[int, int] | None = None   # (k, N): block k of an N-block transition to `prompt`
     recache_ms: float = 0.0     # of dit_ms: re-caching the window under a new prompt (0: no switch)
+    strength: float | None = None   # video-to-video: the input's strength (None: text alone)
+    encode_ms: float = 0.0      # encoding the input's frames (0: text alone)
 
 
 @dataclass
@@ -67,13 +70,14 @@ class PipelineSnapshot:
     prompt: str
     pending_prompt: str | None
     glide: Glide | None = None
+    input: Any = None           # the input encoder's cache (None: no input under way)
 
     @property
     def nbytes(self) -> int:
         """Bytes of tensor memory the snapshot holds of its own (the prompt's embedding and
         cross-attention keys, shared with the live stream, are not counted)."""
         g = self.generator
-        return _tensor_bytes([g.window.k, g.window.v, g.history, self.decoder])
+        return _tensor_bytes([g.window.k, g.window.v, g.history, self.decoder, self.input])
 
 
 class DeviceError(UserError, ValueError):
@@ -114,6 +118,7 @@ class VideoPipeline:
         self._pending_prompt: str | None = None
         self._glide: Glide | None = None
         self._pinned: torch.Tensor | None = None
+        self._input: InputEncoder | None = None      # made on the first input block
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -174,6 +179,8 @@ class VideoPipeline:
         embedding = self.encode(prompt) if embedding is None else embedding
         self.generator.reset(embedding, seed)
         self.decoder.reset()
+        if self._input is not None:
+            self._input.reset()
         self.prompt, self._pending_prompt, self._glide = _label(prompt), None, None
 
     def switch_prompt(self, prompt: str | Blend, embedding: torch.Tensor | None = None,
@@ -195,8 +202,33 @@ class VideoPipeline:
         """(blocks done, blocks in all) of the transition under way, else None."""
         return None if self._glide is None else (self._glide.step, self._glide.spec.blocks)
 
+    @property
+    def input_encoder(self) -> InputEncoder:
+        """The stream's encoder for live input (built when first needed)."""
+        if self._input is None:
+            self._input = make_input_encoder(self.cfg, self.weights, self.device)
+        return self._input
+
+    @property
+    def input_frames_wanted(self) -> int:
+        """How many input frames the next block takes (the frames it will show)."""
+        f, step = self.cfg.latent_frames_per_block, self.cfg.vae.temporal_factor
+        return 1 + step * (f - 1) if self.generator.block == 0 else step * f
+
     @torch.no_grad()
-    def next_frames(self) -> FrameBlock:
+    def next_frames(self, input_frames: np.ndarray | torch.Tensor | None = None, strength: float = 0.7) -> FrameBlock:
+        """The next block: from text alone, or (with `input_frames`, uint8 [T, H, W, 3] of any
+        size, T = `input_frames_wanted`) video-to-video from those frames at `strength`
+        (0: the input itself, 1: text alone). A block without input after blocks with it
+        starts the input's clip afresh when it comes back."""
+        source, encode_ms = None, 0.0
+        if input_frames is not None:
+            self.generator.schedule.from_strength(strength)          # refused here, before anything changes
+            t0 = time.perf_counter()
+            source = self.input_encoder.encode(input_frames, stream_start=self.generator.block == 0)
+            encode_ms = 1e3 * (time.perf_counter() - t0)
+        elif self._input is not None:
+            self._input.reset()
         if self._pending_prompt is not None:
             self.prompt, self._pending_prompt = self._pending_prompt, None
         step = None
@@ -212,11 +244,12 @@ class VideoPipeline:
         clock = _BlockClock(self.device)
         recached = self.generator.apply_switch()
         clock.mark()
-        latents = self.generator.next_block()
+        latents = self.generator.next_block(source, strength) if source is not None else self.generator.next_block()
         clock.mark()
         frames = self._to_host(to_uint8(self.decoder.decode(latents)))  # the one sync point of a block
         recache_ms, dit_ms, decode_ms = clock.finish()
-        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms, step, recache_ms if recached else 0.0)
+        return FrameBlock(frames, block, self.prompt, dit_ms, decode_ms, step, recache_ms if recached else 0.0,
+                          strength if source is not None else None, encode_ms)
 
     def reseed_noise(self, seed: int) -> None:
         """Fresh noise: from the next block on it comes from `seed`; the stream's state is kept."""
@@ -225,12 +258,15 @@ class VideoPipeline:
     def snapshot(self, device: torch.device | str | None = None) -> PipelineSnapshot:
         """The stream at this block boundary (`device="cpu"` keeps GPU memory free)."""
         return PipelineSnapshot(self.generator.snapshot(device), self.decoder.state(), self.prompt,
-                                self._pending_prompt, self._glide)
+                                self._pending_prompt, self._glide,
+                                None if self._input is None else self._input.state())
 
     def restore(self, snap: PipelineSnapshot) -> None:
         """Back to a snapshot's block boundary; the snapshot stays usable for another restore."""
         self.generator.restore(snap.generator)
         self.decoder.set_state(snap.decoder)
+        if self._input is not None or snap.input is not None:
+            self.input_encoder.set_state(snap.input)
         self.prompt, self._pending_prompt, self._glide = snap.prompt, snap.pending_prompt, snap.glide
 
     # -- internals ------------------------------------------------------------
