@@ -24,6 +24,7 @@ from .config import Config, apply_runtime, preset_weights
 from .errors import UserError
 from .generator import GeneratorSnapshot, StreamingGenerator
 from .input_encoder import InputEncoder, make_input_encoder
+from .motion_strength import MotionStrength
 from .weights import WeightFiles, WeightsError, build_dit, load_dit, locate
 
 log = logging.getLogger(__name__)
@@ -119,6 +120,7 @@ class VideoPipeline:
         self._glide: Glide | None = None
         self._pinned: torch.Tensor | None = None
         self._input: InputEncoder | None = None      # made on the first input block
+        self.motion_strength: MotionStrength | None = None   # set: the input's motion sets its strength
 
     # -- construction ------------------------------------------------------
     @classmethod
@@ -219,16 +221,22 @@ class VideoPipeline:
     def next_frames(self, input_frames: np.ndarray | torch.Tensor | None = None, strength: float = 0.7) -> FrameBlock:
         """The next block: from text alone, or (with `input_frames`, uint8 [T, H, W, 3] of any
         size, T = `input_frames_wanted`) video-to-video from those frames at `strength`
-        (0: the input itself, 1: text alone). A block without input after blocks with it
-        starts the input's clip afresh when it comes back."""
+        (0: the input itself, 1: text alone; with `motion_strength` set, the input's motion
+        sets it instead). A block without input after blocks with it starts the input's clip
+        afresh when it comes back."""
         source, encode_ms = None, 0.0
         if input_frames is not None:
-            self.generator.schedule.from_strength(strength)          # refused here, before anything changes
+            if self.motion_strength is None:
+                self.generator.schedule.from_strength(strength)      # refused here, before anything changes
             t0 = time.perf_counter()
             source = self.input_encoder.encode(input_frames, stream_start=self.generator.block == 0)
             encode_ms = 1e3 * (time.perf_counter() - t0)
+            if self.motion_strength is not None:
+                strength = self.motion_strength.update(input_frames)
         elif self._input is not None:
             self._input.reset()
+            if self.motion_strength is not None:
+                self.motion_strength.reset()
         if self._pending_prompt is not None:
             self.prompt, self._pending_prompt = self._pending_prompt, None
         step = None
