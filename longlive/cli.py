@@ -147,6 +147,13 @@ def keyframe_seconds(text: str) -> float:
     return _real(text, 0.5, 600, "seconds", "a keyframe interval")
 
 
+def strength(text: str) -> float:
+    value = _real(text, 0.0, 1.0, "strength (0 to 1)", "a strength")
+    if value != value:                       # nan passes the range check
+        raise argparse.ArgumentTypeError("a strength is a number from 0 to 1")
+    return value
+
+
 def ice_server(text: str) -> str:
     if not text.startswith(("stun:", "stuns:", "turn:", "turns:")) or len(text) > 500 or any(c.isspace() for c in text):
         raise argparse.ArgumentTypeError(f"{text[:60]!r} is not a stun: or turn: URL")
@@ -251,6 +258,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="also feed every frame into this GStreamer pipeline, after an appsrc "
                         "(e.g. \"x264enc ! mp4mux ! filesink location=out.mp4\"; needs GStreamer and PyGObject: "
                         "make gstreamer); see docs/GSTREAMER.md")
+    p.add_argument("--input", default=None, metavar="FILE",
+                   help="drive the stream with this video file, looped (video-to-video; read with PyAV)")
+    p.add_argument("--strength", type=strength, default=0.7, metavar="S",
+                   help="how far the words reshape the input, 0 (the input itself) to 1 (the words alone); "
+                        "default 0.7")
     p.add_argument("--token", default=os.environ.get("LONGLIVE_TOKEN") or None, metavar="TOKEN", type=token,
                    help="the performer token: only peers presenting it steer, everybody else only watches "
                         "(default: $LONGLIVE_TOKEN; none: everyone steers)")

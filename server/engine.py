@@ -278,6 +278,10 @@ class Engine:
         self._glide: dict[str, Any] | None = None       # the transition in progress (state)
         self._last_fire: dict[str, Any] | None = None
         self._clock_of_blocks = BlockClock(pipe.fps, _latent_frames_per_block(pipe))
+        # live input (video-to-video): its frames on the stream's clock, and how strongly the words
+        # reshape them (server.media.input_clock; None: text alone)
+        self.input: Any = None
+        self.input_strength = 0.7
 
     # -- lifecycle --------------------------------------------------------------------------
     def start(self) -> None:
@@ -827,7 +831,7 @@ class Engine:
     def _generate_block(self) -> None:
         if self._new_segment:
             self._keep_point()
-        blk = self.pipe.next_frames()
+        blk = self._next_frames()
         frames = np.asarray(blk.frames)
         first_seq = self.bus.publish(frames, block=blk.block, prompt=blk.prompt)
         done = self._clock()
@@ -853,6 +857,19 @@ class Engine:
         if switched is not None:
             self._prompt_applied(switched, blk, first_seq, done)
         self._track_glide(blk, switched)
+
+    def _next_frames(self) -> Any:
+        """The pipeline's next block: from the input's frames for it when an input is live."""
+        if self.input is None:
+            return self.pipe.next_frames()
+        frames = self.input.take(self.pipe.input_frames_wanted)
+        notice = self.input.pop_notice()
+        if notice is not None:
+            log.info("%s", notice)
+            self.emit(Notice(message=notice))
+        if frames is None:
+            return self.pipe.next_frames()
+        return self.pipe.next_frames(frames, self.input_strength)
 
     def _track_glide(self, blk: Any, switched: _PendingPrompt | None) -> None:
         """The state's `transition`: set while a glide is under way, a state event per block of it."""

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     check_prompt(args.prompt)
     sock = listen(args.host, args.port)
+    source = None
     try:
         bound, port = sock.getsockname()[:2]
         token, generated = performer_token(bound, args.token)
@@ -42,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
         cues = CueBank.load(args.cues)      # a bad cue file is one sentence before the model loads
         gst_sink = gst_sink_pipeline(args)  # so are missing GStreamer and a bad --gst-sink pipeline
+        input_file = input_file_of(args)    # and an --input file that cannot be read
         engine = build_engine(args)
+        source = start_input(engine, input_file, args)
         from .app import create_app  # aiohttp/aiortc load only when serving
         from .door.roles import Access
         from .media.webrtc import MediaOptions
@@ -64,9 +67,40 @@ def run(args: argparse.Namespace) -> int:
                                        offers_per_minute=getattr(args, "offer_rate", 60.0)))
     except BaseException:
         sock.close()
+        if source is not None:
+            source.stop()
         raise
     lines = announcement(bound, port, token, generated, engine.pipe.cfg.name if engine.pipe.embedded_default else None)
-    return asyncio.run(_serve(app, sock, lines))
+    try:
+        return asyncio.run(_serve(app, sock, lines))
+    finally:
+        if source is not None:
+            source.stop()
+
+
+def input_file_of(args: argparse.Namespace) -> str | None:
+    """`--input FILE`, checked (readable, with video frames) before the model loads."""
+    path = getattr(args, "input", None)
+    if path is None:
+        return None
+    from .media.file_source import check
+
+    check(path)
+    return path
+
+
+def start_input(engine: Engine, path: str | None, args: argparse.Namespace):
+    """The engine's input clock fed by the --input file's thread (None without --input)."""
+    if path is None:
+        return None
+    from .media.file_source import FileSource
+    from .media.input_clock import InputClock
+
+    engine.input = InputClock(fps=engine.pipe.fps)
+    engine.input_strength = getattr(args, "strength", 0.7)
+    source = FileSource(path, engine.input)
+    source.start()
+    return source
 
 
 def check_prompt(text: str) -> None:
