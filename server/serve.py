@@ -98,7 +98,7 @@ def start_input(engine: Engine, path: str | None, args: argparse.Namespace):
 
     engine.input = InputClock(fps=engine.pipe.fps)
     engine.input_strength = getattr(args, "strength", 0.7)
-    source = FileSource(path, engine.input)
+    source = FileSource(path, engine.input, fit=engine.pipe.size)
     source.start()
     return source
 

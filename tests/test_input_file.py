@@ -16,12 +16,12 @@ from server.media.input_clock import InputClock
 FRAMES, RATE = 12, 12
 
 
-def _video(path, frames: int = FRAMES) -> None:
+def _video(path, frames: int = FRAMES, width: int = 64, height: int = 48) -> None:
     with av.open(str(path), "w") as out:
         s = out.add_stream("mjpeg", rate=RATE)
-        s.width, s.height, s.pix_fmt = 64, 48, "yuvj420p"
+        s.width, s.height, s.pix_fmt = width, height, "yuvj420p"
         for n in range(frames):
-            img = np.zeros((48, 64, 3), np.uint8)
+            img = np.zeros((height, width, 3), np.uint8)
             img[:, : 4 + 5 * n] = 255                  # a bar that grows frame by frame
             for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
                 out.mux(p)
@@ -124,3 +124,31 @@ def test_serve_with_an_unreadable_input_says_so_in_one_line_before_loading(tmp_p
     assert done.returncode == 2
     assert done.stderr.strip() == f"longlive: --input {path}: cannot read it as video (Invalid data found when " \
                                   "processing input)"
+
+
+class Sizes(InputClock):
+    def __init__(self):
+        super().__init__(capacity=400)
+        self.shapes: list[tuple[int, ...]] = []
+        self.got = threading.Event()
+
+    def push(self, frame, pts):
+        super().push(frame, pts)
+        self.shapes.append(frame.shape)
+        if len(self.shapes) >= 3:
+            self.got.set()
+
+
+@pytest.mark.parametrize("fit, shape", [((16, 16), (32, 43, 3)), ((320, 192), (96, 128, 3))])
+def test_frames_are_kept_within_twice_the_streams_size(tmp_path, fit, shape):
+    """A 128x96 file for a 16x16 stream comes in at 43x32 (aspect kept); for a bigger stream, as it is."""
+    path = tmp_path / "clip.mkv"
+    _video(path, width=128, height=96)
+    clock = Sizes()
+    src = FileSource(path, clock, fit=fit, sleep=lambda s: None)
+    src.start()
+    try:
+        assert clock.got.wait(60)
+    finally:
+        src.stop()
+    assert set(clock.shapes) == {shape}

@@ -4,8 +4,10 @@ A thread decodes the file's first video stream frame by frame and hands each fra
 engine's `InputClock` at the file's own pace (its timestamps against the wall clock), so the
 generator sees it as it would see a camera. At the end it starts again; the timestamps go on
 rising across the loop (each pass adds the file's duration), so the clock sees one endless
-input. `check` opens the file and decodes one frame before anything else starts: a missing,
-unreadable or video-less file is one sentence.
+input. Frames that more than cover twice the stream's size (`fit`) are scaled down as they
+are decoded, keeping their aspect ratio: the model never uses more, and the input buffer of a
+4K file would otherwise hold gigabytes. `check` opens the file and decodes one frame before anything else
+starts: a missing, unreadable or video-less file is one sentence.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from streaming.errors import UserError
 
 from .input_clock import MAX_SIDE, MIN_SIDE, InputClock, InputFrameError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +60,10 @@ def check(path: str | Path) -> tuple[int, int, float]:
 
 
 class FileSource:
-    def __init__(self, path: str | Path, clock: InputClock, *, sleep: Callable[[float], None] = time.sleep,
-                 now: Callable[[], float] = time.monotonic):
+    def __init__(self, path: str | Path, clock: InputClock, fit: tuple[int, int] | None = None, *,
+                 sleep: Callable[[float], None] = time.sleep, now: Callable[[], float] = time.monotonic):
         self.path, self.clock = Path(path), clock
+        self.fit = fit                  # (width, height) of the stream: frames are kept within twice it
         self._sleep, self._now = sleep, now
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -78,6 +84,17 @@ class FileSource:
         except Exception as e:          # the stream goes on from the words; say why once
             log.error("--input %s stopped: %s", self.path, e)
 
+    def _pixels(self, frame) -> "np.ndarray":
+        """The frame as uint8 RGB [H, W, 3], scaled down (aspect kept) so that it still covers twice
+        `fit` (the model crops it to its aspect, then resizes)."""
+        w, h = frame.width, frame.height
+        if self.fit is not None:
+            scale = min(1.0, max(2 * self.fit[0] / w, 2 * self.fit[1] / h))   # still covers it after the crop
+            if scale < 1.0:
+                w, h = max(MIN_SIDE, round(w * scale)), max(MIN_SIDE, round(h * scale))
+                return frame.reformat(width=w, height=h, format="rgb24").to_ndarray()
+        return frame.to_ndarray(format="rgb24")
+
     def _play(self) -> None:
         import av
 
@@ -97,7 +114,7 @@ class FileSource:
                     if wait > 0:
                         self._sleep(wait)
                     try:
-                        self.clock.push(frame.to_ndarray(format="rgb24"), pts)
+                        self.clock.push(self._pixels(frame), pts)
                     except InputFrameError as e:
                         log.warning("--input %s: frame %d skipped: %s", self.path, i, e)
                     end = max(end, pts + 1.0 / rate)
